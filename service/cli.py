@@ -1,0 +1,128 @@
+"""The ``crunch`` command line (also ``python -m service``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from graph import open_store
+from graph._errors import BundleError
+from service.settings import Settings
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="crunch",
+    help="bigcrunch: match people and peer groups to pay-for-results community missions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _print_counts(counts: dict[str, int], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+
+
+@app.command("import")
+def import_cmd(
+    bundle_dir: Annotated[Path, typer.Argument(help="folder of CSV or Parquet files")],
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Validate a community bundle and import it; nothing is written if any row is bad."""
+    from graph import import_bundle
+
+    settings = _settings()
+    store = open_store(settings.store_url)
+    try:
+        report = import_bundle(store, bundle_dir, show_progress=progress)
+    except BundleError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        err.print(f"bundle refused: {len(exc.problems)} problem(s); the store is unchanged")
+        raise typer.Exit(2) from None
+    console.print(report.summary())
+
+
+@app.command("export")
+def export_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the bundle into")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Export the whole store as a community bundle."""
+    from graph import export_bundle
+
+    if fmt not in ("csv", "parquet"):
+        err.print(f"--format must be csv or parquet, not {fmt!r}")
+        raise typer.Exit(2)
+    store = open_store(_settings().store_url)
+    paths = export_bundle(store, out_dir, fmt=fmt)
+    console.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+@app.command("simulate")
+def simulate_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the bundle into")],
+    persons: Annotated[int, typer.Option(min=10, help="number of persons")] = 5000,
+    missions: Annotated[int, typer.Option(min=10, help="number of missions")] = 1500,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same bytes")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Write a synthetic community (with its ground truth) as a bundle."""
+    from graph import simulate_bundle
+
+    if fmt not in ("csv", "parquet"):
+        err.print(f"--format must be csv or parquet, not {fmt!r}")
+        raise typer.Exit(2)
+    paths = simulate_bundle(out_dir, n_persons=persons, n_missions=missions, seed=seed, fmt=fmt)
+    console.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+@app.command("up")
+def up_cmd(
+    serve: Annotated[bool, typer.Option(help="serve the API until stopped")] = True,
+) -> None:
+    """The main job: seed a demo community on an empty store, then report what it holds."""
+    from graph import import_bundle, simulate_bundle
+
+    settings = _settings()
+    store = open_store(settings.store_url)
+    counts = store.counts()
+    if counts["persons"] == 0:
+        demo = settings.home.resolve() / "demo-bundle"
+        console.print(
+            f"empty store: simulating a demo community of {settings.demo_persons:,} persons "
+            f"and {settings.demo_missions:,} missions (seed {settings.demo_seed}) in {demo}"
+        )
+        simulate_bundle(
+            demo,
+            n_persons=settings.demo_persons,
+            n_missions=settings.demo_missions,
+            seed=settings.demo_seed,
+        )
+        report = import_bundle(store, demo, show_progress=True)
+        console.print(report.summary())
+        counts = store.counts()
+    else:
+        console.print("the store already holds a community: reusing it")
+    _print_counts(counts, f"community store ({store.dialect}, version {store.version()})")
+    if serve:
+        console.print("serving is not part of this build yet (`crunch up --no-serve` exits here)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
