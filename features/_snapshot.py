@@ -1,0 +1,203 @@
+"""The community as of a time, as arrays indexed by person: what features read per request.
+
+A :class:`CommunitySnapshot` is built once per (store version, time) from the store's frames
+and the fitted :class:`~features.FeatureModel`; computing features for a request then only
+gathers rows of these arrays for the candidates, so its cost grows with the number of
+candidates, not with the size of the community.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from features._model import FeatureModel, assignment_results
+from graph._frames import CommunityFrames
+
+__all__ = ["CommunitySnapshot", "haversine_km", "le_weight", "LE_FADE_OUTCOMES"]
+
+# The lived-experience prior fades to exactly zero once a person has this many verified
+# outcomes: they are then judged on what they did, not on what they went through.
+LE_FADE_OUTCOMES = 5
+RECENCY_HALF_LIFE_DAYS = 180.0
+NO_HISTORY_DAYS = 3650.0
+
+
+def le_weight(n_outcomes: np.ndarray | int) -> np.ndarray:
+    """Weight of the lived-experience prior: (1 - n/5)^2, zero from 5 verified outcomes on."""
+    n = np.asarray(n_outcomes, dtype=float)
+    return np.clip(1.0 - n / LE_FADE_OUTCOMES, 0.0, 1.0) ** 2
+
+
+def haversine_km(lat1, lon1, lat2, lon2):  # noqa: ANN001, ANN201
+    lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
+    a = (np.sin((lat2 - lat1) / 2) ** 2
+         + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+    return 6371.0 * 2 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+@dataclass
+class CommunitySnapshot:
+    """Per-person arrays of the community as of ``as_of`` (exclusive)."""
+
+    as_of: datetime
+    version: int
+    person_ids: np.ndarray
+    person_index: dict[str, int]
+    area_ids: list[str]
+    area_index: dict[str, int]
+    person_area: np.ndarray
+    area_distance_km: np.ndarray
+    availability: np.ndarray
+    capacity: np.ndarray
+    tenure_days: np.ndarray
+    consent_matching: np.ndarray
+    le_tags: list[list[str]]
+    n_outcomes: np.ndarray
+    res_n: np.ndarray
+    res_s: np.ndarray
+    need_n: np.ndarray
+    need_s: np.ndarray
+    recent_n: np.ndarray
+    recent_s: np.ndarray
+    days_since_last: np.ndarray
+    load: np.ndarray
+    latent: np.ndarray
+    ties: sp.csr_matrix
+    skills: sp.csr_matrix
+    skill_names: list[str]
+    group_members: dict[str, np.ndarray]
+    extras: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, frames: CommunityFrames, model: FeatureModel, as_of: datetime,
+              full: CommunityFrames | None = None) -> CommunitySnapshot:
+        """Build the snapshot from ``frames`` as of ``as_of`` (rows at or after it ignored).
+
+        ``frames`` may already be filtered; ``full`` (the unfiltered frames) is only used to
+        find missions' windows for the load of active assignments.
+        """
+        f = model._check()
+        past = frames.as_of(as_of)
+        persons = past.persons.sort("person_id")
+        pid = persons["person_id"].to_numpy()
+        pindex = {p: i for i, p in enumerate(pid)}
+        n = len(pid)
+
+        areas = frames.areas.sort("area_id")
+        area_ids = areas["area_id"].to_list()
+        aindex = {a: i for i, a in enumerate(area_ids)}
+        lat, lon = areas["lat"].to_numpy(), areas["lon"].to_numpy()
+        dist = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+        person_area = np.array([aindex[a] for a in persons["area_id"]], dtype=np.int64)
+
+        le_tags = [
+            (t.split(";") if (t and c) else [])
+            for t, c in zip(persons["lived_experience"].to_list(),
+                            persons["consent_lived_experience"].to_list(), strict=True)
+        ]
+
+        # Verified outcomes (literal count, DESIGN's newcomer definition) and results.
+        outs = past.verified_outcomes()
+        out_person = outs.filter(pl.col("person_id").is_not_null()).select("person_id")
+        out_group = (outs.filter(pl.col("group_id").is_not_null()).select("group_id")
+                     .join(past.group_members.select("group_id", "person_id"), on="group_id")
+                     .select("person_id"))
+        counts = pl.concat([out_person, out_group]).group_by("person_id").len()
+        n_outcomes = np.zeros(n)
+        _scatter(n_outcomes, pindex, counts["person_id"], counts["len"].to_numpy())
+
+        results = assignment_results(past)
+        need_index = f.need_index
+        res_n, res_s = np.zeros(n), np.zeros(n)
+        need_n = np.zeros((n, len(need_index)))
+        need_s = np.zeros((n, len(need_index)))
+        recent_n, recent_s = np.zeros(n), np.zeros(n)
+        last = np.full(n, NO_HISTORY_DAYS)
+        if results.height:
+            idx = np.array([pindex.get(p, -1) for p in results["person_id"]])
+            keep = idx >= 0
+            idx = idx[keep]
+            succ = results["success"].to_numpy()[keep].astype(float)
+            nidx = np.array([need_index.get(x, -1) for x in results["need_type"]])[keep]
+            age_days = np.array([(as_of - t).total_seconds() / 86400.0
+                                 for t in results["at"].to_list()])[keep]
+            np.add.at(res_n, idx, 1.0)
+            np.add.at(res_s, idx, succ)
+            ok = nidx >= 0
+            np.add.at(need_n, (idx[ok], nidx[ok]), 1.0)
+            np.add.at(need_s, (idx[ok], nidx[ok]), succ[ok])
+            decay = 0.5 ** (age_days / RECENCY_HALF_LIFE_DAYS)
+            np.add.at(recent_n, idx, decay)
+            np.add.at(recent_s, idx, decay * succ)
+            np.minimum.at(last, idx, age_days)
+
+        # Ties as of t: a symmetric person x person matrix of weights (max over kinds).
+        ties = past.ties
+        a = np.array([pindex[x] for x in ties["person_a"]], dtype=np.int64)
+        b = np.array([pindex[x] for x in ties["person_b"]], dtype=np.int64)
+        w = ties["weight"].to_numpy()
+        tie_m = sp.coo_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+        tie_m.sum_duplicates()
+
+        # Latent skill: own fold-in, then a second fold-in pulled towards the peers' mean.
+        own = model.fold_in(need_n, need_s)
+        deg = np.asarray(tie_m.sum(axis=1)).ravel()
+        peers = (tie_m @ own) / np.maximum(deg, 1e-9)[:, None]
+        latent = model.fold_in(need_n, need_s, prior=peers)
+
+        # Load: assignments made before t, not declined, whose mission is still running at t.
+        missions = (full or frames).missions.select("mission_id", "ends_at")
+        active = (past.assignments.filter(pl.col("status") != "declined")
+                  .join(missions, on="mission_id").filter(pl.col("ends_at") > as_of))
+        load_counts = pl.concat([
+            active.filter(pl.col("person_id").is_not_null()).select("person_id"),
+            active.filter(pl.col("group_id").is_not_null()).select("group_id")
+            .join(past.group_members.select("group_id", "person_id"), on="group_id")
+            .select("person_id"),
+        ]).group_by("person_id").len()
+        load = np.zeros(n)
+        _scatter(load, pindex, load_counts["person_id"], load_counts["len"].to_numpy())
+
+        skill_names = sorted(f.skill_text)
+        sindex = {s: i for i, s in enumerate(skill_names)}
+        rows, cols = [], []
+        for i, s in enumerate(persons["skills"].to_list()):
+            for tag in (s.split(";") if s else []):
+                if tag in sindex:
+                    rows.append(i)
+                    cols.append(sindex[tag])
+        skills = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(skill_names)))
+
+        members: dict[str, list[int]] = {}
+        for g, p in past.group_members.sort("group_id", "person_id").select(
+                "group_id", "person_id").iter_rows():
+            members.setdefault(g, []).append(pindex[p])
+        group_members = {g: np.array(v, dtype=np.int64) for g, v in members.items()
+                         if len(v) >= 2}
+
+        tenure = np.array([(as_of - t).total_seconds() / 86400.0
+                           for t in persons["joined_at"].to_list()])
+        return cls(
+            as_of=as_of, version=frames.version, person_ids=pid, person_index=pindex,
+            area_ids=area_ids, area_index=aindex, person_area=person_area,
+            area_distance_km=dist, availability=persons["availability_min_per_week"].to_numpy(),
+            capacity=persons["max_concurrent"].to_numpy(), tenure_days=tenure,
+            consent_matching=persons["consent_matching"].to_numpy(), le_tags=le_tags,
+            n_outcomes=n_outcomes, res_n=res_n, res_s=res_s, need_n=need_n, need_s=need_s,
+            recent_n=recent_n, recent_s=recent_s, days_since_last=last, load=load,
+            latent=latent, ties=tie_m, skills=skills, skill_names=skill_names,
+            group_members=group_members,
+        )
+
+
+def _scatter(target: np.ndarray, index: dict[str, int], keys: pl.Series,
+             values: np.ndarray) -> None:
+    for k, v in zip(keys.to_list(), values, strict=True):
+        i = index.get(k)
+        if i is not None:
+            target[i] = v
