@@ -1,6 +1,12 @@
 """(mission, candidate) features as polars frames: one function for training and serving."""
 
-from features._build import MissionSpec, build_features, candidate_frame_schema
+from features._build import (
+    MissionSpec,
+    attach_graph,
+    build_features,
+    candidate_frame_schema,
+    graph_signals,
+)
 from features._model import FeatureModel, assignment_results, load_le_prior
 from features._registry import (
     FEATURE_NAMES,
@@ -21,6 +27,8 @@ __all__ = [
     "FeatureSpec",
     "MissionSpec",
     "assignment_results",
+    "attach_graph",
+    "graph_signals",
     "build_features",
     "candidate_frame_schema",
     "feature_registry",

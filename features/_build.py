@@ -16,8 +16,15 @@ import polars as pl
 from features._model import FeatureModel
 from features._registry import FEATURE_NAMES
 from features._snapshot import CommunitySnapshot, le_weight
+from graph._community_graph import CommunityGraph, mission_seeds, personalized_pagerank
 
-__all__ = ["MissionSpec", "build_features", "candidate_frame_schema"]
+__all__ = [
+    "MissionSpec",
+    "attach_graph",
+    "build_features",
+    "candidate_frame_schema",
+    "graph_signals",
+]
 
 _MISSION_FIELDS = ("mission_id", "need_type", "area_id", "title", "description",
                    "minutes_per_day", "days_per_week", "team_min", "team_max")
@@ -226,9 +233,39 @@ def build_features(model: FeatureModel, snap: CommunitySnapshot, mission: Any,
 
 
 def graph_signals(snap: CommunitySnapshot, m: MissionSpec) -> dict[str, np.ndarray]:
-    """Proximity arrays over persons for a mission (filled in by the community graph)."""
-    graph = snap.extras.get("graph")
-    if graph is None:
+    """Proximity arrays over the snapshot's persons for a mission.
+
+    Read from the community graph attached to the snapshot (:func:`attach_graph`). A
+    snapshot without a graph (a feature set ablated of the graph) gives zeros.
+    """
+    source = snap.extras.get("graph")
+    if source is None:
         n = len(snap.person_ids)
         return {"proximity": np.zeros(n), "proximity_le": np.zeros(n)}
-    return graph(m)
+    return source(m)
+
+
+def attach_graph(snap: CommunitySnapshot, graph: CommunityGraph) -> CommunitySnapshot:
+    """Give ``snap`` the community graph as of its time, for the proximity features.
+
+    ``graph`` is the graph of the whole store (or as of any later time): it is cut at the
+    snapshot's time, so no edge from the future reaches a feature.
+    """
+    g = graph if graph.as_of == snap.as_of else graph.snapshot(snap.as_of)
+    positions = g.person_index(snap.person_ids.tolist())
+
+    def signals(m: MissionSpec) -> dict[str, np.ndarray]:
+        seeds = {k: v for k, v in mission_seeds(m.area_id, m.need_type).items() if k in g.nodes}
+        if not seeds:  # neither the area nor the need is known: no proximity to measure
+            n = len(snap.person_ids)
+            return {"proximity": np.zeros(n), "proximity_le": np.zeros(n)}
+        total = sum(seeds.values())
+        seeds = {k: v / total for k, v in seeds.items()}
+        people = g.nodes.slice("person")
+        plain = personalized_pagerank(g, seeds)[people]
+        with_le = personalized_pagerank(g, seeds, lived_experience=True)[people]
+        return {"proximity": np.asarray(plain, dtype=float)[positions],
+                "proximity_le": np.asarray(with_le, dtype=float)[positions]}
+
+    snap.extras["graph"] = signals
+    return snap

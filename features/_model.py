@@ -4,7 +4,7 @@
 
 - base success rates (overall, per need type and need family) and the strength of the
   empirical-Bayes prior that smooths a person's own rates;
-- the lived-experience table: the documented prior (``lived_experience_prior.csv``, editable)
+- the lived-experience table: the documented prior (``graph/lived_experience_prior.csv``, editable)
   updated by the outcomes of people who consented to the use of their lived experience;
 - need-type factors of a low-rank factorisation of person x need-type outcomes (ALS), so that
   skills shown on one need transfer to related ones;
@@ -16,10 +16,8 @@ the live store at serving time.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -27,22 +25,20 @@ from sklearn.exceptions import NotFittedError
 
 from features._text import make_vectorizer, vectorizer_from_state, vectorizer_state
 from graph._frames import CommunityFrames
-from graph._vocabulary import SKILLS, Vocabulary, builtin_vocabulary
+from graph._vocabulary import (
+    SKILLS,
+    Vocabulary,
+    builtin_vocabulary,
+    load_lived_experience_prior,
+)
 
 __all__ = ["FeatureModel", "assignment_results", "load_le_prior"]
 
-LE_PRIOR_PATH = Path(__file__).with_name("lived_experience_prior.csv")
 # An affinity of 1 in the lived-experience table means about +30 points of success.
 LE_LIFT_SCALE = 0.30
 
 
-def load_le_prior(path: Path = LE_PRIOR_PATH) -> dict[tuple[str, str], float]:
-    """The documented prior table: (lived_experience tag, need_type) -> affinity in [-1, 1]."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {
-            (row["lived_experience"], row["need_type"]): float(row["affinity"])
-            for row in csv.DictReader(fh)
-        }
+load_le_prior = load_lived_experience_prior
 
 
 def assignment_results(frames: CommunityFrames, members: pl.DataFrame | None = None

@@ -71,6 +71,7 @@ class CommunitySnapshot:
     skills: sp.csr_matrix
     skill_names: list[str]
     group_members: dict[str, np.ndarray]
+    holds: pl.DataFrame
     extras: dict = field(default_factory=dict)
 
     @classmethod
@@ -150,9 +151,9 @@ class CommunitySnapshot:
         peers = (tie_m @ own) / np.maximum(deg, 1e-9)[:, None]
         latent = model.fold_in(need_n, need_s, prior=peers)
 
-        # Load: assignments made before t, not declined, whose mission is still running at t.
+        # Load: assignments made before t, not declined or withdrawn, on missions running at t.
         missions = (full or frames).missions.select("mission_id", "ends_at")
-        active = (past.assignments.filter(pl.col("status") != "declined")
+        active = (past.assignments.filter(~pl.col("status").is_in(["declined", "withdrawn"]))
                   .join(missions, on="mission_id").filter(pl.col("ends_at") > as_of))
         load_counts = pl.concat([
             active.filter(pl.col("person_id").is_not_null()).select("person_id"),
@@ -173,12 +174,32 @@ class CommunitySnapshot:
                     cols.append(sindex[tag])
         skills = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(skill_names)))
 
+        # Membership as of t: a member who joins later is not part of the group yet.
         members: dict[str, list[int]] = {}
         for g, p in past.group_members.sort("group_id", "person_id").select(
                 "group_id", "person_id").iter_rows():
             members.setdefault(g, []).append(pindex[p])
         group_members = {g: np.array(v, dtype=np.int64) for g, v in members.items()
                          if len(v) >= 2}
+
+        # Every assignment made before t, per person (groups exploded to their members):
+        # the hard rules read capacity and "once per mission" from it.
+        windows = (full or frames).missions.select("mission_id", "starts_at", "ends_at")
+        made = past.assignments.join(windows, on="mission_id", how="left")
+        direct = made.filter(pl.col("person_id").is_not_null()).select(
+            "person_id", "mission_id", "status", "starts_at", "ends_at")
+        via_group = (made.filter(pl.col("group_id").is_not_null())
+                     .join(frames.group_members.select("group_id", "person_id"),
+                           on="group_id", how="inner", suffix="_m")
+                     .select(pl.col("person_id_m").alias("person_id"), "mission_id", "status",
+                             "starts_at", "ends_at"))
+        holds = (pl.concat([direct, via_group])
+                 .filter(pl.col("person_id").is_in(pl.Series(pid).implode()))
+                 .with_columns(pl.col("person_id").replace_strict(pindex, return_dtype=pl.Int64)
+                               .alias("person_idx"))
+                 .select("person_idx", "mission_id", "status",
+                         pl.col("starts_at").dt.epoch("s").alias("starts"),
+                         pl.col("ends_at").dt.epoch("s").alias("ends")))
 
         tenure = np.array([(as_of - t).total_seconds() / 86400.0
                            for t in persons["joined_at"].to_list()])
@@ -191,7 +212,7 @@ class CommunitySnapshot:
             n_outcomes=n_outcomes, res_n=res_n, res_s=res_s, need_n=need_n, need_s=need_s,
             recent_n=recent_n, recent_s=recent_s, days_since_last=last, load=load,
             latent=latent, ties=tie_m, skills=skills, skill_names=skill_names,
-            group_members=group_members,
+            group_members=group_members, holds=holds,
         )
 
 

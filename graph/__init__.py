@@ -3,7 +3,30 @@ the synthetic community generator."""
 
 from graph._bundle import ImportReport, export_bundle, import_bundle
 from graph._bundle_schema import BUNDLE_FILES, FILES_BY_NAME, write_bundle
+from graph._community_graph import (
+    EDGE_KINDS,
+    LIVED_EXPERIENCE_NEEDS,
+    NODE_KINDS,
+    SIGNALS,
+    CommunityGraph,
+    EdgeWeights,
+    NodeIndex,
+    Signal,
+    build_community_graph,
+    community_graph_from_frames,
+    group_cohesion,
+    group_members,
+    group_reach,
+    group_signals,
+    is_special_category,
+    mission_seeds,
+    personalized_pagerank,
+    proximity,
+    proximity_le,
+    ties_succeeded,
+)
 from graph._errors import BundleError, CrunchError, NotFoundError, Problem, ValidationError
+from graph._frames import CommunityFrames, load_frames
 from graph._models import (
     Area,
     AreaLink,
@@ -28,6 +51,28 @@ from graph._store import Store, open_store, sqlite_url
 from graph._vocabulary import Vocabulary, builtin_vocabulary
 
 __all__ = [
+    "EDGE_KINDS",
+    "LIVED_EXPERIENCE_NEEDS",
+    "NODE_KINDS",
+    "SIGNALS",
+    "CommunityFrames",
+    "CommunityGraph",
+    "EdgeWeights",
+    "NodeIndex",
+    "Signal",
+    "build_community_graph",
+    "community_graph_from_frames",
+    "group_cohesion",
+    "group_members",
+    "group_reach",
+    "group_signals",
+    "is_special_category",
+    "load_frames",
+    "mission_seeds",
+    "personalized_pagerank",
+    "proximity",
+    "proximity_le",
+    "ties_succeeded",
     "BundleError",
     "CrunchError",
     "ImportReport",

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 import polars as pl
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
+from sqlalchemy.engine import Connection
 
 from graph._models import (
     Area,
@@ -23,12 +24,15 @@ from graph._models import (
     Outcome,
     PeerGroup,
     Person,
+    StoreMeta,
     Tie,
+    UTCDateTime,
     VettingRecord,
+    VocabularyEntry,
 )
 from graph._store import Store
 
-__all__ = ["CommunityFrames", "load_frames"]
+__all__ = ["CommunityFrames", "as_text", "fetch_frame", "load_frames", "parse_times"]
 
 _TABLES = {
     "areas": Area,
@@ -42,6 +46,7 @@ _TABLES = {
     "missions": Mission,
     "assignments": Assignment,
     "outcomes": Outcome,
+    "vocabulary": VocabularyEntry,
 }
 
 # Which column dates a row, for the point-in-time views. Missions are kept whatever their
@@ -77,6 +82,7 @@ class CommunityFrames:
     missions: pl.DataFrame
     assignments: pl.DataFrame
     outcomes: pl.DataFrame
+    vocabulary: pl.DataFrame
     version: int = 0
     as_of_time: datetime | None = None
 
@@ -104,36 +110,68 @@ class CommunityFrames:
         return self.outcomes.filter(pl.col("status") == "verified")
 
 
-def _read(conn, model) -> pl.DataFrame:  # noqa: ANN001
-    table = model.__table__
-    cols = [c for c in table.columns if c.name != "id"]
-    schema = {}
-    for c in cols:
-        pytype = c.type.python_type if not hasattr(c.type, "impl") else datetime
-        schema[c.name] = {
-            str: pl.String,
-            int: pl.Int64,
-            float: pl.Float64,
-            bool: pl.Boolean,
-            datetime: pl.Datetime("us", "UTC"),
-        }[pytype]
-    rows = conn.execute(select(*cols)).all()
-    # The rows are in UTC; the ORM type adds the zone, core selects return it naive.
-    frame = pl.DataFrame(rows, schema={k: (pl.Datetime("us") if v == pl.Datetime("us", "UTC")
-                                           else v) for k, v in schema.items()},
-                         orient="row")
+_FETCH_ROWS = 200_000
+
+
+def fetch_frame(conn: Connection, stmt, schema: dict[str, pl.DataType]) -> pl.DataFrame:  # noqa: ANN001
+    """Rows of a core select as a polars frame, straight from the DBAPI cursor.
+
+    Times are selected as text (:func:`as_text`) and parsed by polars
+    (:func:`parse_times`): converting a million datetimes row by row costs seconds.
+    """
+    result = conn.execute(stmt)
+    cursor = result.cursor  # the DBAPI cursor: plain tuples, half the cost of Row objects
+    frames = []
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        frames.append(pl.DataFrame(rows, schema=schema, orient="row", strict=False))
+    result.close()
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(frames)
+
+
+def as_text(col):  # noqa: ANN001, ANN201
+    return cast(col, String).label(col.key)
+
+
+def parse_times(frame: pl.DataFrame, *cols: str) -> pl.DataFrame:
+    """Parse UTC times selected as text (SQLite and PostgreSQL print them differently)."""
+    # SQLite holds "YYYY-MM-DD HH:MM:SS.ffffff", PostgreSQL prints the fraction only
+    # when there is one; both are UTC.
     return frame.with_columns(
-        pl.col(k).dt.replace_time_zone("UTC") for k, v in schema.items()
-        if v == pl.Datetime("us", "UTC")
+        pl.col(c).str.replace("T", " ", literal=True).str.replace(r"(Z|[+-]00(:?00)?)$", "")
+        .str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", time_zone="UTC")
+        for c in cols
     )
+
+
+_POLARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean}
+
+
+def _read(conn: Connection, model) -> pl.DataFrame:  # noqa: ANN001
+    cols, schema, times = [], {}, []
+    for c in model.__table__.columns:
+        if c.name == "id":
+            continue
+        if isinstance(c.type, UTCDateTime):
+            cols.append(as_text(c))
+            schema[c.name] = pl.String
+            times.append(c.name)
+        else:
+            cols.append(c)
+            schema[c.name] = _POLARS[c.type.python_type]
+    return parse_times(fetch_frame(conn, select(*cols), schema), *times)
 
 
 def load_frames(store: Store) -> CommunityFrames:
     """Read the whole community from the store in one read transaction."""
     with store.reader() as s:
         conn = s.connection()
+        # The version is read before the data: a write racing this read makes the frames
+        # look stale, never fresh.
+        row = conn.execute(select(StoreMeta.value).where(StoreMeta.key == "version")).first()
+        version = int(row[0]) if row else 0
         frames = {name: _read(conn, model) for name, model in _TABLES.items()}
-    version = store.version()
     joined = frames["outcomes"].join(
         frames["assignments"].select("assignment_id", "mission_id", "person_id", "group_id"),
         on="assignment_id",

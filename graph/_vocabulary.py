@@ -8,9 +8,14 @@ logic and cannot be extended by data.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
+    "LIVED_EXPERIENCE_PRIOR_PATH",
+    "lived_experience_needs",
+    "load_lived_experience_prior",
     "CLOSED_KINDS",
     "OPEN_KINDS",
     "Vocabulary",
@@ -179,3 +184,33 @@ def builtin_vocabulary() -> Vocabulary:
     """A fresh copy of the engine's built-in vocabulary."""
     values = {k: dict(v) for k, v in {**OPEN, **CLOSED}.items()}
     return Vocabulary(values=values, need_family={k: v[0] for k, v in NEED_TYPES.items()})
+
+
+# The documented, editable prior between lived experience and need types (DESIGN idea 2):
+# features start from it, outcomes update it, and the community graph links a consenting
+# person's experience to the needs it speaks to.
+LIVED_EXPERIENCE_PRIOR_PATH = Path(__file__).with_name("lived_experience_prior.csv")
+# Below this affinity a tag does not link a person to a need in the community graph.
+GRAPH_AFFINITY_FLOOR = 0.3
+
+
+def load_lived_experience_prior(
+    path: Path = LIVED_EXPERIENCE_PRIOR_PATH,
+) -> dict[tuple[str, str], float]:
+    """(lived_experience tag, need_type) -> affinity in [-1, 1], from the documented table."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {
+            (row["lived_experience"], row["need_type"]): float(row["affinity"])
+            for row in csv.DictReader(fh)
+        }
+
+
+def lived_experience_needs(
+    floor: float = GRAPH_AFFINITY_FLOOR, path: Path = LIVED_EXPERIENCE_PRIOR_PATH
+) -> dict[str, tuple[str, ...]]:
+    """Tag -> the need types it speaks to (prior affinity at least ``floor``)."""
+    out: dict[str, list[str]] = {}
+    for (tag, need), affinity in sorted(load_lived_experience_prior(path).items()):
+        if affinity >= floor:
+            out.setdefault(tag, []).append(need)
+    return {tag: tuple(needs) for tag, needs in out.items()}

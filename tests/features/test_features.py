@@ -205,3 +205,41 @@ def test_point_in_time_later_events_change_nothing(tiny_city):
     moved = build_features(model, CommunitySnapshot.build(later, model, d(2025, 8, 10)), TARGET,
                            ["P3", "P4"], ["G1"])
     assert not before.filter(pl.col("candidate_id").is_in(["P3", "P4", "G1"])).equals(moved)
+
+
+def test_graph_proximity_features(tiny_city):
+    from features import attach_graph
+    from graph import community_graph_from_frames
+
+    frames = load_frames(tiny_city)
+    model = FeatureModel().fit(frames, T)
+    graph = community_graph_from_frames(frames)
+    snap = attach_graph(CommunitySnapshot.build(frames, model, T), graph)
+    out = rows(build_features(model, snap, TARGET, ["P1", "P2", "P3", "P4"], ["G1"]))
+    # Residents of the mission's area and people with past missions there are closest.
+    assert out["P1"]["proximity"] > out["P3"]["proximity"] > 0
+    assert out["P1"]["proximity"] > out["P4"]["proximity"] > 0
+    assert out["G1"]["proximity"] == pytest.approx(out["P1"]["proximity"]
+                                                   + out["P2"]["proximity"])
+    # proximity_le goes through lived-experience edges and fades like le_fit: P4
+    # (single_parent, linked to school_absenteeism, no outcome) gains from it; P3 gave no
+    # consent and gets exactly what the plain graph gives after the fade.
+    assert out["P4"]["proximity_le"] > 0
+    drug = MissionSpec(mission_id="M8", need_type="drug_outreach", area_id="A3")
+    d_out = rows(build_features(model, snap, drug, ["P1", "P2"]))
+    assert d_out["P2"]["proximity_le"] / 0.64 > d_out["P2"]["proximity"]
+
+
+def test_graph_is_cut_at_the_snapshot_time(tiny_city):
+    from features import attach_graph
+    from graph import community_graph_from_frames
+
+    frames = load_frames(tiny_city)
+    model = FeatureModel().fit(frames, T)
+    graph = community_graph_from_frames(frames)  # holds the tie P2-P3 of 2025-09-01
+    snap = attach_graph(CommunitySnapshot.build(frames, model, T), graph)
+    at_t = community_graph_from_frames(frames.as_of(T))
+    snap_t = attach_graph(CommunitySnapshot.build(frames, model, T), at_t)
+    a = build_features(model, snap, TARGET, ["P1", "P2", "P3", "P4"])
+    b = build_features(model, snap_t, TARGET, ["P1", "P2", "P3", "P4"])
+    assert np.allclose(a["proximity"].to_numpy(), b["proximity"].to_numpy(), rtol=1e-5)
