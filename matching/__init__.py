@@ -1,1 +1,44 @@
-"""matching"""
+"""The serving path: hard rules, retrieval, ranker, shortlists, teams, allocation."""
+
+from matching._engine import Candidate, MatchingEngine, ShortlistConfig, ShortlistResult
+from matching._ranker import (
+    PRIOR_VERSION,
+    TRUSTED_SKOPS_TYPES,
+    BaseRanker,
+    PriorRanker,
+    Ranker,
+    load_ranker,
+    payout_at_target,
+)
+from matching._retrieval import RetrievalIndex, cheap_scores
+from matching._rules import Eligibility, MissionRules, VettingIndex, eligible_candidates
+from matching._training_set import (
+    TrainingSet,
+    build_training_set,
+    labelled_assignments,
+    snapshot_time,
+)
+
+__all__ = [
+    "PRIOR_VERSION",
+    "TRUSTED_SKOPS_TYPES",
+    "BaseRanker",
+    "Candidate",
+    "Eligibility",
+    "MatchingEngine",
+    "MissionRules",
+    "PriorRanker",
+    "Ranker",
+    "RetrievalIndex",
+    "ShortlistConfig",
+    "ShortlistResult",
+    "TrainingSet",
+    "VettingIndex",
+    "build_training_set",
+    "cheap_scores",
+    "eligible_candidates",
+    "labelled_assignments",
+    "load_ranker",
+    "payout_at_target",
+    "snapshot_time",
+]
