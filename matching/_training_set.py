@@ -8,14 +8,14 @@ can leak into its row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from features import CommunitySnapshot, FeatureModel, build_features
+from features import CommunitySnapshot, FeatureModel, attach_graph, build_features
+from graph._community_graph import CommunityGraph
 from graph._frames import CommunityFrames
 
 __all__ = ["TrainingSet", "build_training_set", "labelled_assignments", "snapshot_time"]
@@ -68,7 +68,7 @@ def labelled_assignments(frames: CommunityFrames, until: datetime | None = None
 
 def build_training_set(frames: CommunityFrames, model: FeatureModel,
                        assignments: pl.DataFrame,
-                       graph_signals_for: Callable | None = None,
+                       graph: CommunityGraph | None = None,
                        show_progress: bool = False) -> TrainingSet:
     """Feature rows for ``assignments`` (from :func:`labelled_assignments`).
 
@@ -81,9 +81,9 @@ def build_training_set(frames: CommunityFrames, model: FeatureModel,
     assignments : polars.DataFrame
         Rows with ``assignment_id``, ``mission_id``, ``person_id``, ``group_id``,
         ``assigned_at``, ``propensity`` and ``label``.
-    graph_signals_for : callable, optional
-        ``f(as_of) -> callable(mission_spec) -> signals`` giving graph proximity as of a time;
-        without it proximity features are zero.
+    graph : CommunityGraph, optional
+        The community graph of ``frames``; each snapshot sees it cut at its own time.
+        Without it the proximity features are zero (the graph ablation).
     """
     missions = {r["mission_id"]: r for r in frames.missions.iter_rows(named=True)}
     assignments = assignments.with_columns(
@@ -95,8 +95,8 @@ def build_training_set(frames: CommunityFrames, model: FeatureModel,
     for (when,), batch in tqdm(groups.items(), disable=not show_progress,
                                desc="training rows", unit="week"):
         snap = CommunitySnapshot.build(frames, model, when)
-        if graph_signals_for is not None:
-            snap.extras["graph"] = graph_signals_for(when, snap)
+        if graph is not None:
+            attach_graph(snap, graph)
         for (mission_id,), rows in batch.partition_by("mission_id", maintain_order=True,
                                                       as_dict=True).items():
             mission = missions[mission_id]
