@@ -1,7 +1,15 @@
 """The community: domain vocabulary, store, bundle import/export, the community graph and
 the synthetic community generator."""
 
-from graph._bundle import ImportReport, export_bundle, import_bundle
+from graph._bundle import (
+    FileCounts,
+    ImportReport,
+    export_bundle,
+    export_frames,
+    import_bundle,
+    read_bundle,
+    validate_bundle,
+)
 from graph._bundle_schema import BUNDLE_FILES, FILES_BY_NAME, write_bundle
 from graph._community_graph import (
     EDGE_KINDS,
@@ -75,7 +83,11 @@ __all__ = [
     "ties_succeeded",
     "BundleError",
     "CrunchError",
+    "FileCounts",
     "ImportReport",
+    "export_frames",
+    "read_bundle",
+    "validate_bundle",
     "NotFoundError",
     "Problem",
     "ValidationError",

@@ -52,10 +52,10 @@ def import_cmd(
         report = import_bundle(store, bundle_dir, show_progress=progress)
     except BundleError as exc:
         for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
+            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
         err.print(f"bundle refused: {len(exc.problems)} problem(s); the store is unchanged")
         raise typer.Exit(2) from None
-    console.print(report.summary())
+    console.print(report.summary(), markup=False, highlight=False)
 
 
 @app.command("export")
@@ -115,7 +115,7 @@ def up_cmd(
             seed=settings.demo_seed,
         )
         report = import_bundle(store, demo, show_progress=True)
-        console.print(report.summary())
+        console.print(report.summary(), markup=False, highlight=False)
         counts = store.counts()
     else:
         console.print("the store already holds a community: reusing it")

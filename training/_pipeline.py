@@ -1,0 +1,107 @@
+"""Outcomes -> training set -> fitted model: the engine's learned policy as one object.
+
+:class:`EngineModel` is what ships (to MLflow, to the API): the fitted
+:class:`~features.FeatureModel` (every learned prior, vocabulary and factorisation, fitted only
+on data before the split) and the :class:`~matching.BaseRanker` over the features. It scores
+a feature frame without the store; the store (or a bundle) is needed only to build features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from features import FEATURE_SET_VERSION, FeatureModel
+from graph._community_graph import CommunityGraph, community_graph_from_frames
+from graph._frames import CommunityFrames
+from matching import (
+    BaseRanker,
+    PriorRanker,
+    Ranker,
+    TrainingSet,
+    build_training_set,
+    labelled_assignments,
+    load_ranker,
+)
+
+__all__ = ["EngineModel", "fit_engine_model", "training_rows"]
+
+_META = "engine_model.json"
+_FEATURES = "feature_model.json"
+_RANKER = "ranker"
+
+
+@dataclass
+class EngineModel:
+    """A feature model and a ranker fitted together, with where they came from."""
+
+    feature_model: FeatureModel
+    ranker: BaseRanker
+    split_at: datetime | None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return f"{self.ranker.name}:{self.ranker.version}"
+
+    def save(self, path: str | Path) -> Path:
+        """Write a folder (JSON + the ranker's own pickle-free files)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / _FEATURES).write_text(json.dumps(self.feature_model.to_dict()))
+        self.ranker.save(out / _RANKER)
+        meta = {"split_at": self.split_at.isoformat() if self.split_at else None,
+                "feature_set": FEATURE_SET_VERSION, "info": self.info}
+        (out / _META).write_text(json.dumps(meta, indent=2, default=str))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> EngineModel:
+        src = Path(path)
+        meta = json.loads((src / _META).read_text())
+        fm = FeatureModel.from_dict(json.loads((src / _FEATURES).read_text()))
+        ranker = load_ranker(src / _RANKER)
+        split = datetime.fromisoformat(meta["split_at"]) if meta["split_at"] else None
+        return cls(feature_model=fm, ranker=ranker, split_at=split, info=meta.get("info", {}))
+
+
+def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at: datetime,
+                  graph: CommunityGraph | None = None,
+                  show_progress: bool = False) -> TrainingSet:
+    """Rows of assignments made before ``split_at`` whose outcomes were verified before it."""
+    labelled = labelled_assignments(frames, until=split_at).filter(
+        pl.col("assigned_at") < split_at)
+    return build_training_set(frames, feature_model, labelled, graph=graph,
+                              show_progress=show_progress)
+
+
+def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: str = "hgb",
+                     features: list[str] | None = None, seed: int = 0,
+                     graph: CommunityGraph | None = None, use_graph: bool = True,
+                     min_rows: int = 50, show_progress: bool = False) -> EngineModel:
+    """Fit the feature model and the ranker on everything before ``split_at``.
+
+    With fewer than ``min_rows`` labelled rows (or a single class) the day-one
+    :class:`~matching.PriorRanker` is returned instead, with the reason in ``info``.
+    """
+    fm = FeatureModel(seed=seed).fit(frames, split_at)
+    if use_graph and graph is None:
+        graph = community_graph_from_frames(frames)
+    ts = training_rows(frames, fm, split_at, graph=graph if use_graph else None,
+                       show_progress=show_progress)
+    info = {"training_rows": ts.n, "skipped_unknown_candidate": ts.skipped_unknown_candidate,
+            "estimator": estimator}
+    labels = ts.rows["label"] if ts.n else pl.Series("label", [], dtype=pl.Boolean)
+    if ts.n < min_rows or labels.n_unique() < 2:
+        info["fallback"] = f"day-one prior: {ts.n} labelled rows before {split_at.isoformat()}"
+        return EngineModel(fm, PriorRanker(), split_at, info)
+    kwargs = {"features": features} if features else {}
+    ranker = Ranker(estimator=estimator, random_state=seed, n_threads=1, **kwargs)
+    ranker.fit(ts.rows, ts.rows["label"], times=ts.rows["assigned_at"],
+               groups=ts.rows["mission_id"] if estimator == "lgbm_rank" else None)
+    info["positives"] = int(ts.rows["label"].sum())
+    return EngineModel(fm, ranker, split_at, info)
