@@ -106,6 +106,13 @@ def _person_features(model: FeatureModel, snap: CommunitySnapshot, m: MissionSpe
     ties_w = ties @ succeeded
     ties_n = (ties > 0).astype(float) @ succeeded
     reach = np.diff(ties.indptr).astype(float)
+    if area is None:
+        in_area = np.zeros(len(idx))
+    else:
+        in_area = np.log1p(ties @ (snap.person_area == area).astype(float))
+    rates = (snap.res_s + k * p_global) / (snap.res_n + k)
+    strength = np.asarray(ties.sum(axis=1)).ravel()
+    peers_rate = np.where(strength > 0, (ties @ rates) / np.maximum(strength, 1e-12), p_global)
 
     n_nodes = max(1, len(snap.person_ids))
     prox = signals["proximity"][idx] * n_nodes
@@ -124,6 +131,8 @@ def _person_features(model: FeatureModel, snap: CommunitySnapshot, m: MissionSpe
         "proximity_le": prox_le,
         "ties_succeeded": ties_n,
         "ties_succeeded_w": ties_w,
+        "ties_in_area": in_area,
+        "peers_rate": peers_rate,
         "distance_km": dist,
         "same_area": (snap.person_area[idx] == area).astype(float) if area is not None
         else np.zeros(len(idx)),
@@ -163,6 +172,7 @@ _GROUP_AGG = {
     "tr_rate_need": np.max, "tr_rate_family": np.mean, "tr_recent": np.mean,
     "days_since_last": np.min, "skill_latent": np.max, "proximity": np.sum,
     "proximity_le": np.sum, "ties_succeeded": np.sum, "ties_succeeded_w": np.sum,
+    "ties_in_area": np.max, "peers_rate": np.mean,
     "distance_km": np.max, "same_area": np.max, "availability_ratio": np.min, "load": np.max,
     "tenure_days": np.mean, "text_fit": np.max,
 }

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 __all__ = ["FEATURES", "FEATURE_NAMES", "FeatureSpec", "feature_registry", "FEATURE_SET_VERSION"]
 
 # Bump whenever a feature is added, removed or changes meaning: models record it.
-FEATURE_SET_VERSION = "fs-1"
+FEATURE_SET_VERSION = "fs-2"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("ties_succeeded", "Ties of the person who succeeded on this need type",
                 "count", "graph", reason="people they know have succeeded on such missions"),
     FeatureSpec("ties_succeeded_w", "Same, weighted by tie strength", "weighted count", "graph"),
+    FeatureSpec("ties_in_area", "Ties to residents of the mission's area: log(1 + summed tie "
+                "weight)", "log weight", "graph", reason="knows people in this neighbourhood"),
+    FeatureSpec("peers_rate", "Tie-weighted mean success rate (smoothed) of the people the "
+                "person knows", "probability", "graph",
+                reason="surrounded by people who succeed"),
     FeatureSpec("distance_km", "Distance from the person's area to the mission's area", "km",
                 "logistics", reason="lives nearby"),
     FeatureSpec("same_area", "Lives in the mission's area", "0/1", "logistics",

@@ -1,5 +1,51 @@
 """Outcomes -> training set -> fit -> evaluate -> MLflow."""
 
+from training._metrics import (
+    BootstrapResult,
+    OffPolicyEstimate,
+    PairedBootstrapResult,
+    auc,
+    bootstrap_ci,
+    brier,
+    by_segment,
+    calibration_table,
+    doubly_robust,
+    expected_calibration_error,
+    expected_successes_at_k,
+    expected_successes_per_query,
+    ips,
+    mrr_at_k,
+    ndcg_at_k,
+    paired_bootstrap,
+    ranking_metrics,
+    ranking_metrics_per_query,
+    recall_at_k,
+    snips,
+)
 from training._pipeline import EngineModel, fit_engine_model, training_rows
 
-__all__ = ["EngineModel", "fit_engine_model", "training_rows"]
+__all__ = [
+    "BootstrapResult",
+    "EngineModel",
+    "OffPolicyEstimate",
+    "PairedBootstrapResult",
+    "auc",
+    "bootstrap_ci",
+    "brier",
+    "by_segment",
+    "calibration_table",
+    "doubly_robust",
+    "expected_calibration_error",
+    "expected_successes_at_k",
+    "expected_successes_per_query",
+    "fit_engine_model",
+    "ips",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "paired_bootstrap",
+    "ranking_metrics",
+    "ranking_metrics_per_query",
+    "recall_at_k",
+    "snips",
+    "training_rows",
+]

@@ -183,7 +183,7 @@ def _bin_edges(q: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
         return np.arange(n_bins + 1) / n_bins
     if strategy == "quantile":
         # tied predictions give repeated edges; merging them leaves fewer, non-empty bins
-        return np.quantile(q, np.linspace(0.0, 1.0, n_bins + 1))
+        return np.unique(np.quantile(q, np.linspace(0.0, 1.0, n_bins + 1)))
     raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}")
 
 
@@ -756,7 +756,7 @@ class PairedBootstrapResult:
     mean_diff: float | None  # mean_a - mean_b
     ci_low: float | None
     ci_high: float | None
-    share_a_better: float | None  # share of resamples where mean a > mean b (strictly)
+    share_a_better: float | None  # share of resamples where mean a > mean b, ties half
     alpha: float
     n: int  # pairs used
     n_left_out: int  # pairs where either value is missing
@@ -792,8 +792,8 @@ def paired_bootstrap(
     -------
     PairedBootstrapResult
         ``mean_diff`` (A minus B), its percentile interval, and ``share_a_better``, the share
-        of resamples in which A's mean is strictly above B's (near 1: A is better; near 0.5:
-        no evidence either way).
+        of resamples in which A's mean is above B's, a tie counting one half (near 1: A is
+        better; near 0.5: no evidence either way, e.g. 0.5 for identical models).
 
     Examples
     --------
@@ -820,8 +820,9 @@ def paired_bootstrap(
                                      n_left_out, n_boot, seed)
     boot = _resampled_means(diff[:, None], n_boot, np.random.default_rng(seed))[:, 0]
     low, high = _percentile_interval(boot, alpha)
-    return PairedBootstrapResult(mean_a, mean_b, mean_diff, low, high,
-                                 float((boot > 0).mean()), alpha, n, n_left_out, n_boot, seed)
+    share = float((boot > 0).mean() + 0.5 * (boot == 0).mean())
+    return PairedBootstrapResult(mean_a, mean_b, mean_diff, low, high, share, alpha, n,
+                                 n_left_out, n_boot, seed)
 
 
 # -------------------------------------------------------------- off-policy estimation
