@@ -69,6 +69,9 @@ class ShortlistConfig:
         Most candidates from one cluster of strong ties (weight >= ``strong_tie``).
     pool_size : int
         Candidates kept by retrieval for the ranker (persons; groups come on top).
+    prefilter_size : int
+        Persons kept by retrieval's cheap score, of whom the ranker keeps its best
+        ``pool_size`` (a two-stage cascade; at most ``pool_size``: the cheap score alone).
     mc_draws : int
         Monte Carlo draws for the propensities.
     """
@@ -82,6 +85,7 @@ class ShortlistConfig:
     max_per_cluster: int = 3
     strong_tie: float = 0.5
     pool_size: int = 300
+    prefilter_size: int = 900
     max_groups: int = 100
     mc_draws: int = 200
 
@@ -172,12 +176,22 @@ class MatchingEngine:
 
     def retrieve(self, mission: dict, eligibility: Eligibility,
                  pool_size: int | None = None) -> tuple[np.ndarray, list[str]]:
-        """The best ``pool_size`` eligible persons by cheap score, and the best groups."""
+        """The best ``pool_size`` eligible persons, and the best groups.
+
+        A cascade: the cheap score keeps ``prefilter_size`` persons, then the ranker keeps its
+        own best ``pool_size`` of them. The cheap score alone misses too many of a learned
+        ranker's top candidates (tests/matching/test_retrieval.py measures the recall).
+        """
         pool_size = pool_size or self.config.pool_size
         idx = eligibility.person_idx
-        if len(idx) > pool_size:
+        prefilter = max(pool_size, self.config.prefilter_size)
+        if len(idx) > prefilter:
             s = cheap_scores(self.retrieval, idx, mission["need_type"], mission["area_id"])
-            keep = np.argpartition(-s, pool_size - 1)[:pool_size]
+            keep = np.argpartition(-s, prefilter - 1)[:prefilter]
+            idx = np.sort(idx[keep])
+        if len(idx) > pool_size:
+            p = self.score(mission, idx, [])["p_success"].to_numpy()
+            keep = np.argsort(-p, kind="stable")[:pool_size]
             idx = np.sort(idx[keep])
         groups = eligibility.group_ids
         if len(groups) > self.config.max_groups:
@@ -284,7 +298,8 @@ class MatchingEngine:
             timings_ms={"filters": 1e3 * (t1 - t0), "retrieval": 1e3 * (t2 - t1),
                         "features": 1e3 * (t3 - t2), "ranking": 1e3 * (t4 - t3),
                         "policy": 1e3 * (t5 - t4), "reasons": 1e3 * (t6 - t5)},
-            scored=feats.with_columns(pl.Series("p_success", p)),
+            scored=feats.with_columns(pl.Series("p_success", p),
+                                      pl.Series("propensity", propensity)),
         )
 
     def policy_name(self, mission: dict) -> str:

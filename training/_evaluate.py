@@ -1,0 +1,306 @@
+"""The evaluation protocol of DESIGN.md: a time split, two views, one JSON.
+
+Fit on outcomes measured before T (:func:`training.fit_engine_model`); evaluate on missions
+created at or after T whose measurement window has closed:
+
+- **logged outcomes**: AUC, Brier score and a calibration table over the held-out
+  assignments' verified outcomes; NDCG@k and recall@k over the assigned candidates of each
+  mission; IPS, SNIPS and doubly-robust estimates of the new shortlist policy's value from
+  the logged propensities (rows without one are left out and counted);
+- **truth** (synthetic communities only): expected successes in the top k and NDCG@k over
+  every eligible candidate for the engine, the oracle and the baselines (random, nearest,
+  most experienced, best past success rate), and the true value of the new policy next to
+  its off-policy estimates.
+
+Every figure is also split by segment (newcomers vs established, with vs without lived
+experience, by area) with cells about fewer than 10 people suppressed.
+
+The new policy is the engine's shortlist policy, run as of each mission's week with k = the
+number of candidates the logging policy offered the mission; its probability of offering a
+candidate is its Monte Carlo top-k inclusion probability. Value = expected successes among
+its offers per mission (IPS, DR: declines count as failures, as in the logs); SNIPS
+normalises by the weights and estimates the success rate per offer taken up, which is what
+the truth's ``policy_success_rate`` gives (the truth knows no acceptance).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from features import CommunitySnapshot, build_features
+from graph._community_graph import CommunityGraph, community_graph_from_frames
+from graph._frames import CommunityFrames
+from matching import (
+    MatchingEngine,
+    ShortlistConfig,
+    build_training_set,
+    labelled_assignments,
+    snapshot_time,
+)
+from training._metrics import (
+    auc,
+    brier,
+    by_segment,
+    calibration_table,
+    doubly_robust,
+    expected_calibration_error,
+    expected_successes_at_k,
+    ips,
+    ranking_metrics,
+    snips,
+)
+from training._pipeline import EngineModel
+
+__all__ = ["BASELINES", "evaluate", "heldout_missions"]
+
+MIN_CELL = 10
+# Baselines: a score per candidate from its features (higher is better).
+BASELINES: dict[str, Any] = {
+    "random": None,
+    "nearest": lambda f: -f["distance_km"].fill_nan(1e9).fill_null(1e9),
+    "most_experienced": lambda f: f["n_outcomes"],
+    "best_past_success_rate": lambda f: f["tr_rate"],
+}
+
+
+def heldout_missions(frames: CommunityFrames, split_at: datetime) -> pl.DataFrame:
+    """Missions created at or after ``split_at`` whose measurement window has closed."""
+    return frames.missions.filter(
+        (pl.col("created_at") >= split_at) & (pl.col("status") == "closed")
+    ).sort("created_at", "mission_id")
+
+
+def _segments(frames: CommunityFrames, rows: pl.DataFrame, newcomer_outcomes: int
+              ) -> pl.DataFrame:
+    """Person-level segment columns for person rows (groups: segment 'group')."""
+    persons = frames.persons.select(
+        "person_id", "area_id",
+        pl.when(pl.col("lived_experience").is_not_null()).then(pl.lit("with"))
+        .otherwise(pl.lit("without")).alias("lived_experience"))
+    out = rows.join(persons, left_on="candidate_id", right_on="person_id", how="left")
+    return out.with_columns(
+        pl.when(pl.col("kind") == "group").then(pl.lit("group"))
+        .when(pl.col("n_outcomes") < newcomer_outcomes).then(pl.lit("newcomer"))
+        .otherwise(pl.lit("established")).alias("experience"),
+        pl.col("lived_experience").fill_null("group"),
+        pl.col("area_id").fill_null("group"),
+        pl.col("candidate_id").alias("person_id"),
+    )
+
+
+def _logged_metrics(frame: pl.DataFrame, k: int) -> dict[str, Any]:
+    y = frame["label"].cast(pl.Int8).to_numpy()
+    p = frame["p"].to_numpy()
+    out: dict[str, Any] = {"n": frame.height, "positives": int(y.sum()),
+                           "auc": auc(y, p), "brier": brier(y, p),
+                           "mean_predicted": float(p.mean()) if len(p) else None,
+                           "observed_rate": float(y.mean()) if len(y) else None}
+    if frame["mission_id"].n_unique() and frame.height:
+        out.update({f"ranking_{key}": v for key, v in ranking_metrics(
+            frame.with_columns(pl.col("label").cast(pl.Int8)), "mission_id", "p", "label", k,
+            id_col="candidate_id").items() if key != "k"})
+    return out
+
+
+def evaluate(frames: CommunityFrames, model: EngineModel, split_at: datetime, *,
+             truth: pl.DataFrame | None = None, k: int = 10, graph: CommunityGraph | None = None,
+             config: ShortlistConfig | None = None, seed: int = 0,
+             max_missions: int | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """Evaluate ``model`` on the missions after ``split_at``; returns a JSON-able dict."""
+    config = config or ShortlistConfig()
+    graph = graph if graph is not None else community_graph_from_frames(frames)
+    held = heldout_missions(frames, split_at)
+    if max_missions is not None:
+        held = held.head(max_missions)
+    held_ids = held["mission_id"].implode()
+    report: dict[str, Any] = {
+        "split_at": split_at.isoformat(), "k": k, "model_version": model.version,
+        "heldout_missions": held.height,
+    }
+
+    # -- view 1: logged outcomes -----------------------------------------------------------
+    labelled = labelled_assignments(frames).filter(pl.col("mission_id").is_in(held_ids))
+    ts = build_training_set(frames, model.feature_model, labelled, graph=graph,
+                            show_progress=show_progress)
+    rows = ts.rows
+    if rows.height:
+        rows = rows.with_columns(pl.Series("p", np.asarray(
+            model.ranker.predict_proba(rows), dtype=float)))
+        logged = _logged_metrics(rows, k)
+        y = rows["label"].cast(pl.Int8).to_numpy()
+        logged["calibration"] = calibration_table(y, rows["p"].to_numpy(), n_bins=10)
+        logged["expected_calibration_error"] = expected_calibration_error(
+            y, rows["p"].to_numpy(), n_bins=10)
+        seg = _segments(frames, rows, config.newcomer_outcomes)
+        logged["segments"] = {
+            col: by_segment(seg, col, lambda f: _logged_metrics(f, k), MIN_CELL)
+            for col in ("experience", "lived_experience", "area_id")
+        }
+    else:
+        logged = {"n": 0}
+    logged["rows_left_out_unknown_candidate"] = ts.skipped_unknown_candidate
+    report["logged"] = logged
+
+    # -- the new policy, as of each mission's week ------------------------------------------
+    engines: dict[datetime, MatchingEngine] = {}
+    policy_rows, truth_rows = [], []
+    all_assign = frames.assignments.filter(pl.col("mission_id").is_in(held_ids))
+    for i, m in enumerate(held.iter_rows(named=True)):
+        when = snapshot_time(m["created_at"])
+        if when not in engines:
+            engines.clear()  # one week at a time: snapshots are large
+            engines[when] = MatchingEngine(frames, model.feature_model, model.ranker, now=when,
+                                           config=config, graph=graph)
+        engine = engines[when]
+        offered = all_assign.filter((pl.col("mission_id") == m["mission_id"])
+                                    & pl.col("shortlist_id").is_not_null())
+        k_m = max(1, offered.height)
+        result = engine.shortlist(m["mission_id"], k=k_m, seed=seed + i)
+        scored = result.scored
+        if scored is not None and scored.height:
+            policy_rows.append(scored.select("kind", "candidate_id", "p_success", "propensity")
+                               .with_columns(pl.lit(m["mission_id"]).alias("mission_id"),
+                                             pl.lit(k_m).alias("k_m")))
+        if truth is not None:
+            truth_rows.append(_truth_rows(engine, m, truth))
+    policy = (pl.concat(policy_rows) if policy_rows else pl.DataFrame(
+        schema={"kind": pl.String, "candidate_id": pl.String, "p_success": pl.Float64,
+                "propensity": pl.Float64, "mission_id": pl.String, "k_m": pl.Int32}))
+    report["off_policy"] = _off_policy(frames, held, policy, model, rows, seed)
+
+    # -- view 2: truth ------------------------------------------------------------------------
+    if truth is not None and truth_rows:
+        report["truth"] = _truth_view(pl.concat([t for t in truth_rows if t.height]), policy,
+                                      k, seed, config)
+    return report
+
+
+def _truth_rows(engine: MatchingEngine, m: dict, truth: pl.DataFrame) -> pl.DataFrame:
+    """Features and model score of every truth candidate of a mission, as of its week."""
+    snap: CommunitySnapshot = engine.snapshot
+    tr = truth.filter(pl.col("mission_id") == m["mission_id"])
+    persons = [p for p in tr["person_id"].drop_nulls().to_list() if p in snap.person_index]
+    groups = [g for g in tr["group_id"].drop_nulls().to_list() if g in snap.group_members]
+    if not persons and not groups:
+        return pl.DataFrame()
+    feats = build_features(engine.feature_model, snap, m, persons, groups)
+    feats = feats.with_columns(pl.Series("p_model", np.asarray(
+        engine.ranker.predict_proba(feats), dtype=float)))
+    p_true = tr.select(pl.coalesce("person_id", "group_id").alias("candidate_id"), "p_success")
+    return feats.join(p_true, on="candidate_id").with_columns(
+        pl.lit(m["mission_id"]).alias("mission_id"))
+
+
+def _truth_view(rows: pl.DataFrame, policy: pl.DataFrame, k: int, seed: int,
+                config: ShortlistConfig) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    rows = rows.with_columns(
+        pl.Series("random", rng.random(rows.height)),
+        *[fn(rows).alias(name) for name, fn in BASELINES.items() if fn is not None],
+    )
+    rankers = {"engine": "p_model", "oracle": "p_success", **{b: b for b in BASELINES}}
+    out: dict[str, Any] = {"missions": rows["mission_id"].n_unique(), "candidates": rows.height}
+    for name, col in rankers.items():
+        es = expected_successes_at_k(rows, "mission_id", col, "p_success", k,
+                                     id_col="candidate_id")
+        nd = _graded_ndcg(rows, col, k)
+        out[name] = {"expected_successes_at_k": es, "ndcg_at_k": nd}
+    eng, orc = out["engine"]["expected_successes_at_k"], out["oracle"]["expected_successes_at_k"]
+    best = max(out[b]["expected_successes_at_k"] for b in BASELINES)
+    out["engine_over_oracle"] = eng / orc if orc else None
+    out["engine_over_best_baseline"] = eng / best if best else None
+    out["oracle_over_random"] = orc / out["random"]["expected_successes_at_k"]
+    # True value of the new policy: its offer probabilities times the true p_success.
+    joined = policy.join(rows.select("mission_id", "candidate_id", "p_success"),
+                         on=["mission_id", "candidate_id"], how="inner", suffix="_true")
+    if joined.height:
+        per = joined.group_by("mission_id").agg(
+            (pl.col("propensity") * pl.col("p_success_true")).sum().alias("v"),
+            pl.col("propensity").sum().alias("w"))
+        out["policy_true_expected_successes"] = float(per["v"].mean())
+        out["policy_true_success_rate"] = float(per["v"].sum() / per["w"].sum())
+    seg = _segments_truth(rows, config)
+    out["segments"] = {
+        "experience": by_segment(seg, "experience", lambda f: _seg_truth(f, k), MIN_CELL),
+    }
+    return out
+
+
+def _segments_truth(rows: pl.DataFrame, config: ShortlistConfig) -> pl.DataFrame:
+    return rows.with_columns(
+        pl.when(pl.col("kind") == "group").then(pl.lit("group"))
+        .when(pl.col("n_outcomes") < config.newcomer_outcomes).then(pl.lit("newcomer"))
+        .otherwise(pl.lit("established")).alias("experience"),
+        pl.col("candidate_id").alias("person_id"))
+
+
+def _seg_truth(frame: pl.DataFrame, k: int) -> dict[str, Any]:
+    y = frame["p_success"].to_numpy()
+    p = frame["p_model"].to_numpy()
+    return {"n": frame.height, "mean_true_p": float(y.mean()),
+            "mean_predicted": float(p.mean()),
+            "corr": float(np.corrcoef(y, p)[0, 1]) if frame.height > 2 else None}
+
+
+def _graded_ndcg(rows: pl.DataFrame, score_col: str, k: int) -> float | None:
+    from training._metrics import ndcg_at_k
+
+    vals = []
+    for (_,), grp in rows.group_by("mission_id"):
+        order = grp.sort([score_col, "candidate_id"], descending=[True, False])
+        gains = order["p_success"].to_numpy()
+        v = ndcg_at_k(gains, k)
+        if v is not None:
+            vals.append(v)
+    return float(np.mean(vals)) if vals else None
+
+
+def _off_policy(frames: CommunityFrames, held: pl.DataFrame, policy: pl.DataFrame,
+                model: EngineModel, rows: pl.DataFrame, seed: int) -> dict[str, Any]:
+    """IPS/SNIPS/DR of the new policy from the held-out missions' logged offers."""
+    held_ids = held["mission_id"].implode()
+    out_ok = frames.verified_outcomes().group_by("assignment_id").agg(
+        pl.col("success").any().alias("r"))
+    logged = (frames.assignments.filter(pl.col("mission_id").is_in(held_ids)
+                                        & pl.col("shortlist_id").is_not_null())
+              .join(out_ok, on="assignment_id", how="left")
+              .with_columns(pl.col("r").fill_null(False).cast(pl.Float64),
+                            pl.coalesce("person_id", "group_id").alias("candidate_id")))
+    n_without = int(logged["propensity"].is_null().sum())
+    usable = logged.filter(pl.col("propensity").is_not_null())
+    joined = usable.join(policy.select("mission_id", "candidate_id", "propensity", "p_success")
+                         .rename({"propensity": "p_new", "p_success": "rhat"}),
+                         on=["mission_id", "candidate_id"], how="left").with_columns(
+        pl.col("p_new").fill_null(0.0), pl.col("rhat").fill_null(0.0))
+    served = policy["mission_id"].unique()
+    unlogged = served.filter(~served.is_in(joined["mission_id"].unique().implode()))
+    r, p_log, p_new = (joined["r"].to_numpy(), joined["propensity"].to_numpy(),
+                       joined["p_new"].to_numpy())
+    q = joined["mission_id"].to_numpy()
+    res: dict[str, Any] = {"rows_used": joined.height, "rows_without_propensity": n_without}
+    if joined.height == 0:
+        return res
+    res["ips"] = ips(r, p_log, p_new, query=q, n_queries_unlogged=len(unlogged),
+                     seed=seed).to_dict()
+    slate = float(policy.group_by("mission_id").agg(pl.col("propensity").sum())
+                  ["propensity"].mean())
+    res["snips"] = snips(r, p_log, p_new, query=q, slate_size=1.0,
+                         n_queries_unlogged=len(unlogged), seed=seed).to_dict()
+    res["snips"]["note"] = "success rate per offer taken up (weights self-normalised)"
+    dm = (policy.with_columns((pl.col("propensity") * pl.col("p_success")).alias("dm"))
+          .group_by("mission_id").agg(pl.col("dm").sum()))
+    dm_map = dict(dm.iter_rows())
+    per_query_dm = np.array([dm_map.get(x, 0.0) for x in np.unique(q)])
+    # DR's direct-method term per logged query; order must follow the estimator's query codes.
+    res["dr"] = doubly_robust(
+        r, p_log, p_new, joined["rhat"].to_numpy(),
+        np.array([dm_map.get(x, 0.0) for x in q]), query=q,
+        unlogged_direct_method=[dm_map.get(x, 0.0) for x in unlogged.to_list()],
+        seed=seed).to_dict()
+    res["policy_offers_per_mission"] = slate
+    res["direct_method_mean"] = float(per_query_dm.mean()) if len(per_query_dm) else None
+    return res
