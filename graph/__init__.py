@@ -34,7 +34,7 @@ from graph._community_graph import (
     ties_succeeded,
 )
 from graph._errors import BundleError, CrunchError, NotFoundError, Problem, ValidationError
-from graph._frames import CommunityFrames, load_frames
+from graph._frames import CommunityFrames, load_frames, load_truth
 from graph._models import (
     Area,
     AreaLink,
@@ -76,6 +76,7 @@ __all__ = [
     "group_signals",
     "is_special_category",
     "load_frames",
+    "load_truth",
     "mission_seeds",
     "personalized_pagerank",
     "proximity",

@@ -32,7 +32,14 @@ from graph._models import (
 )
 from graph._store import Store
 
-__all__ = ["CommunityFrames", "as_text", "fetch_frame", "load_frames", "parse_times"]
+__all__ = [
+    "CommunityFrames",
+    "as_text",
+    "fetch_frame",
+    "load_frames",
+    "load_truth",
+    "parse_times",
+]
 
 _TABLES = {
     "areas": Area,
@@ -180,3 +187,12 @@ def load_frames(store: Store) -> CommunityFrames:
     frames["outcomes"] = joined
     names = {f.name for f in fields(CommunityFrames)}
     return CommunityFrames(**{k: v for k, v in frames.items() if k in names}, version=version)
+
+
+def load_truth(store: Store) -> pl.DataFrame | None:
+    """The synthetic ground truth (mission_id, person_id, group_id, p_success), if imported."""
+    from graph._models import Truth
+
+    with store.reader() as s:
+        frame = _read(s.connection(), Truth)
+    return frame if frame.height else None

@@ -92,6 +92,51 @@ def simulate_cmd(
     console.print(f"wrote {len(paths)} files to {out_dir}")
 
 
+def _parse_time(value: str | None, option: str):  # noqa: ANN202
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        err.print(f"{option}: {value!r} is not an ISO 8601 date or time")
+        raise typer.Exit(2) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    split_at: Annotated[str | None, typer.Option(
+        help="ISO time T: fit before T, evaluate on missions created after T whose window "
+             "closed (default: the 80 % point of missions by creation)")] = None,
+    k: Annotated[int, typer.Option(min=1, help="list length for @k metrics")] = 10,
+    estimator: Annotated[str, typer.Option(help="hgb, logistic, lightgbm or lgbm_rank")] = "hgb",
+    max_missions: Annotated[int | None, typer.Option(help="evaluate at most this many")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the policy's draws")] = 0,
+) -> None:
+    """Fit on outcomes before T, evaluate after T; print the report as JSON on stdout."""
+    import json
+
+    from graph import community_graph_from_frames, load_frames, load_truth
+    from training import default_split, evaluate, fit_engine_model
+
+    store = open_store(_settings().store_url)
+    frames = load_frames(store)
+    if frames.missions.is_empty():
+        err.print("the store holds no mission: import a bundle first (crunch import DIR)")
+        raise typer.Exit(2)
+    split = _parse_time(split_at, "--split-at") or default_split(frames)
+    graph = community_graph_from_frames(frames)
+    err.print(f"fitting on outcomes before {split.isoformat()} ...")
+    model = fit_engine_model(frames, split, estimator=estimator, seed=seed, graph=graph)
+    err.print("evaluating ...")
+    report = evaluate(frames, model, split, truth=load_truth(store), k=k, graph=graph,
+                      seed=seed, max_missions=max_missions)
+    report["model_info"] = model.info
+    print(json.dumps(report, indent=2, default=str))
+
+
 @app.command("up")
 def up_cmd(
     serve: Annotated[bool, typer.Option(help="serve the API until stopped")] = True,

@@ -1,5 +1,6 @@
 """Outcomes -> training set -> fit -> evaluate -> MLflow."""
 
+from training._evaluate import BASELINES, default_split, evaluate, heldout_missions
 from training._metrics import (
     BootstrapResult,
     OffPolicyEstimate,
@@ -25,6 +26,10 @@ from training._metrics import (
 from training._pipeline import EngineModel, fit_engine_model, training_rows
 
 __all__ = [
+    "BASELINES",
+    "default_split",
+    "evaluate",
+    "heldout_missions",
     "BootstrapResult",
     "EngineModel",
     "OffPolicyEstimate",

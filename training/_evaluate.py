@@ -55,7 +55,7 @@ from training._metrics import (
 )
 from training._pipeline import EngineModel
 
-__all__ = ["BASELINES", "evaluate", "heldout_missions"]
+__all__ = ["BASELINES", "default_split", "evaluate", "heldout_missions"]
 
 MIN_CELL = 10
 # Baselines: a score per candidate from its features (higher is better).
@@ -65,6 +65,14 @@ BASELINES: dict[str, Any] = {
     "most_experienced": lambda f: f["n_outcomes"],
     "best_past_success_rate": lambda f: f["tr_rate"],
 }
+
+
+def default_split(frames: CommunityFrames, share: float = 0.8) -> datetime:
+    """The time at which ``share`` of the missions (by ``created_at``) had been created."""
+    created = frames.missions["created_at"].sort()
+    if created.is_empty():
+        raise ValueError("the store holds no mission: nothing to split")
+    return created[min(len(created) - 1, int(share * len(created)))]
 
 
 def heldout_missions(frames: CommunityFrames, split_at: datetime) -> pl.DataFrame:
