@@ -1,5 +1,6 @@
 """The serving path: hard rules, retrieval, ranker, shortlists, teams, allocation."""
 
+from matching._decision_log import record_shortlist
 from matching._engine import Candidate, MatchingEngine, ShortlistConfig, ShortlistResult
 from matching._ranker import (
     PRIOR_VERSION,
@@ -40,5 +41,6 @@ __all__ = [
     "labelled_assignments",
     "load_ranker",
     "payout_at_target",
+    "record_shortlist",
     "snapshot_time",
 ]
