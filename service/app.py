@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import threading
 import time
 from collections.abc import Callable
@@ -59,10 +61,14 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
     app.state.store = store
     app.state.provider = provider
 
-    from service.routers import health, match
+    from service import routers
+    from service.routers import health
 
-    app.include_router(health.router)
-    app.include_router(match.router)
+    # Every module of service/routers with a `router` is one resource.
+    for info in sorted(pkgutil.iter_modules(routers.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"service.routers.{info.name}")
+        if hasattr(module, "router"):
+            app.include_router(module.router)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):  # noqa: ANN001, ANN202
