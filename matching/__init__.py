@@ -1,5 +1,20 @@
 """The serving path: hard rules, retrieval, ranker, shortlists, teams, allocation."""
 
+from matching._allocate import (
+    Allocation,
+    AllocationCandidate,
+    AllocationError,
+    AllocationProblem,
+    OpenMission,
+    PersonCapacity,
+    allocate,
+)
+from matching._allocation_wiring import (
+    AllocatedCandidate,
+    AllocationRun,
+    allocate_open_missions,
+    allocation_report_json,
+)
 from matching._decision_log import record_shortlist
 from matching._engine import Candidate, MatchingEngine, ShortlistConfig, ShortlistResult
 from matching._ranker import (
@@ -13,6 +28,7 @@ from matching._ranker import (
 )
 from matching._retrieval import RetrievalIndex, cheap_scores
 from matching._rules import Eligibility, MissionRules, VettingIndex, eligible_candidates
+from matching._teams import MissionOffer, TeamSuggestion, missions_for, suggest_teams
 from matching._training_set import (
     TrainingSet,
     build_training_set,
@@ -21,6 +37,21 @@ from matching._training_set import (
 )
 
 __all__ = [
+    "AllocatedCandidate",
+    "Allocation",
+    "AllocationCandidate",
+    "AllocationError",
+    "AllocationProblem",
+    "AllocationRun",
+    "MissionOffer",
+    "OpenMission",
+    "PersonCapacity",
+    "TeamSuggestion",
+    "allocate",
+    "allocate_open_missions",
+    "allocation_report_json",
+    "missions_for",
+    "suggest_teams",
     "PRIOR_VERSION",
     "TRUSTED_SKOPS_TYPES",
     "BaseRanker",
