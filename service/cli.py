@@ -137,6 +137,55 @@ def evaluate_cmd(
     print(json.dumps(report, indent=2, default=str))
 
 
+def _mlflow_config(settings: Settings):  # noqa: ANN202
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from training import MlflowConfig
+
+    return MlflowConfig.under_home(settings.home.resolve(),
+                                   tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+                                   or settings.mlflow_tracking_uri,
+                                   store_url=settings.store_url)
+
+
+@app.command("train")
+def train_cmd(
+    split_at: Annotated[str | None, typer.Option(
+        help="ISO time T: fit before T, evaluate after T (default: hold out the latest 20 % "
+             "of closed missions)")] = None,
+    estimator: Annotated[str, typer.Option(help="hgb, logistic, lightgbm or lgbm_rank")] = "hgb",
+    gate_metric: Annotated[str | None, typer.Option(
+        help="metric the challenger must not be worse on (dotted name in the evaluation)")
+    ] = None,
+    margin: Annotated[float, typer.Option(help="how much worse the challenger may be")] = 0.0,
+    max_missions: Annotated[int | None, typer.Option(help="evaluate at most this many")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Fit, evaluate, log an MLflow run, register a version; promote it only if it passes."""
+    import json
+
+    from graph import community_graph_from_frames, load_frames, load_truth
+    from training import default_split_at, train_and_register
+
+    settings = _settings()
+    store = open_store(settings.store_url)
+    frames = load_frames(store)
+    if frames.missions.is_empty():
+        err.print("the store holds no mission: import a bundle first (crunch import DIR)")
+        raise typer.Exit(2)
+    if estimator not in ("hgb", "logistic", "lightgbm", "lgbm_rank"):
+        err.print(f"--estimator must be hgb, logistic, lightgbm or lgbm_rank, not {estimator!r}")
+        raise typer.Exit(2)
+    split = _parse_time(split_at, "--split-at") or default_split_at(frames)
+    cfg = _mlflow_config(settings)
+    result = train_and_register(frames, split, cfg, truth=load_truth(store),
+                                estimator=estimator, gate_metric=gate_metric, margin=margin,
+                                seed=seed, max_missions=max_missions,
+                                graph=community_graph_from_frames(frames))
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+
+
 @app.command("up")
 def up_cmd(
     serve: Annotated[bool, typer.Option(help="serve the API until stopped")] = True,
@@ -165,6 +214,19 @@ def up_cmd(
     else:
         console.print("the store already holds a community: reusing it")
     _print_counts(counts, f"community store ({store.dialect}, version {store.version()})")
+    from graph import load_frames, load_truth
+    from training import champion_version, ensure_champion
+
+    cfg = _mlflow_config(settings)
+    if champion_version(cfg) is None:
+        console.print("no champion model yet: registering the day-one policy, then training")
+    for result in ensure_champion(load_frames(store), cfg, truth=load_truth(store)):
+        verdict = "promoted to champion" if result.promoted else "registered, not promoted"
+        console.print(f"model version {result.version}: {verdict} ({result.reason}; "
+                      f"{result.gate_metric} {result.challenger_value} vs "
+                      f"{result.champion_value})", markup=False)
+    console.print(f"champion: {cfg.model_name} version {champion_version(cfg)} "
+                  f"(MLflow tracking {cfg.tracking_uri})", markup=False)
     if serve:
         console.print("serving is not part of this build yet (`crunch up --no-serve` exits here)")
 

@@ -23,9 +23,37 @@ from training._metrics import (
     recall_at_k,
     snips,
 )
+from training._mlflow import (
+    CHAMPION_ALIAS,
+    MlflowConfig,
+    RegistrationResult,
+    champion_version,
+    default_split_at,
+    ensure_champion,
+    flatten_metrics,
+    holdout_id,
+    load_champion,
+    log_engine_model,
+    register_day_one,
+    to_pyfunc_input,
+    train_and_register,
+)
 from training._pipeline import EngineModel, fit_engine_model, training_rows
 
 __all__ = [
+    "CHAMPION_ALIAS",
+    "MlflowConfig",
+    "RegistrationResult",
+    "champion_version",
+    "default_split_at",
+    "ensure_champion",
+    "flatten_metrics",
+    "holdout_id",
+    "load_champion",
+    "log_engine_model",
+    "register_day_one",
+    "to_pyfunc_input",
+    "train_and_register",
     "BASELINES",
     "default_split",
     "evaluate",
