@@ -22,10 +22,17 @@ def test_up_seeds_then_reuses(tmp_path, monkeypatch):
     assert counts["persons"] == 300 and counts["missions"] == 120
     assert counts["outcomes"] > 0
     version = store.version()
+    from training import MlflowConfig, champion_version
+
+    cfg = MlflowConfig.under_home(tmp_path)
+    champion = champion_version(cfg)
+    assert champion is not None, first.output  # the day-one policy at least
+    assert "champion" in first.output
     second = runner.invoke(app, ["up", "--no-serve"])
     assert second.exit_code == 0, second.output
     assert "reusing" in second.output
     assert store.counts() == counts and store.version() == version
+    assert champion_version(cfg) == champion  # nothing new to train on: no new version
     store.dispose()
 
 
