@@ -60,6 +60,7 @@ from graph._models import (
     VocabularyEntry,
 )
 from graph._payout import CENT, PayRule, payout_for, success_for
+from graph._rights import tombstoned_ids
 from graph._store import Store
 from graph._vocabulary import CLOSED, CLOSED_KINDS, NEED_TYPES, OPEN, OPEN_KINDS
 
@@ -156,6 +157,8 @@ RULES: tuple[tuple[str, str], ...] = (
                  "any other status must have an empty `payout`"),
     ("outcomes", "merge: a verified outcome is immutable (it has been paid)"),
     ("truth", "exactly one of `person_id`, `group_id`; `p_success` in [0, 1]"),
+    ("persons", "a person erased from the store (a tombstone holds a keyed hash of the id) "
+                "cannot come back: any row naming them, in any file, is refused"),
 )
 
 
@@ -1147,6 +1150,25 @@ def _read_dir(bundle_dir: str | Path, progress: bool) -> tuple[dict[str, _File],
     return _read_files(root, problems, progress), problems
 
 
+def _check_tombstones(files: dict[str, _File], conn: Connection, problems: _Problems) -> None:
+    """Refuse every row that names an erased person (by the tombstones' keyed hashes)."""
+    cols = [(f, c.name) for f in files.values() if f.present for c in f.spec.columns
+            if (c.ref == "persons.person_id" or (f.spec.name == "persons"
+                                                 and c.name == "person_id"))
+            and f.has(c.name)]
+    if not cols:
+        return
+    ids = pl.concat([f.frame[c] for f, c in cols]).drop_nulls().unique().to_list()
+    erased = tombstoned_ids(conn, ids)
+    if not erased:
+        return
+    gone = pl.Series(sorted(erased), dtype=pl.String).implode()
+    for f, c in cols:
+        rows = f.frame.filter(pl.col(c).is_in(gone))
+        problems.flag(f, rows, _fmt(f"{c}: '", _v(c), "' was erased from the store (right to "
+                                    "erasure) and cannot be imported again"))
+
+
 def _validate(
     bundle_dir: str | Path, conn: Connection | None, progress: bool
 ) -> tuple[dict[str, _File], _Plan | None, list[Problem]]:
@@ -1154,6 +1176,8 @@ def _validate(
     if not files:
         return files, None, problems.items
     plan = _Validator(files, _read_store(conn, progress), problems).run()
+    if conn is not None:
+        _check_tombstones(files, conn, problems)
     return files, plan, problems.items
 
 
@@ -1232,6 +1256,7 @@ def import_bundle(
         # ...and checked against the store inside it: what was checked against is what
         # the rows are merged into.
         plan = _Validator(files, _read_store(s.connection(), show_progress), problems).run()
+        _check_tombstones(files, s.connection(), problems)
         if problems.items:
             raise BundleError(problems.items)
         report = ImportReport(bundle_dir=root)

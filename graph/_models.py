@@ -31,15 +31,18 @@ __all__ = [
     "Base",
     "Client",
     "GroupMember",
+    "IdempotencyKey",
     "LedgerEntry",
     "Mission",
     "Outcome",
+    "OutcomeReview",
     "PeerGroup",
     "Person",
     "Shortlist",
     "ShortlistCandidate",
     "StoreMeta",
     "Tie",
+    "Tombstone",
     "Truth",
     "VettingRecord",
     "VocabularyEntry",
@@ -305,6 +308,55 @@ class Truth(Base):
         UniqueConstraint("mission_id", "person_id", "group_id"),
         CheckConstraint("(person_id IS NULL) <> (group_id IS NULL)", name="one_candidate"),
     )
+
+
+class OutcomeReview(Base):
+    """The audit trail of an outcome claimed through the API: evidence, claim and review.
+
+    Not part of a bundle. ``claimed_by`` and ``reviewed_by`` are API key holders (staff),
+    never the person; ``evidence`` is a reference (a register, a report number), cleared when
+    the person is erased.
+    """
+
+    __tablename__ = "outcome_reviews"
+    outcome_id: Mapped[str] = mapped_column(ForeignKey("outcomes.outcome_id"), primary_key=True)
+    evidence: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reviewed_by: Mapped[str | None] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` seen on a POST: the request's hash and, once done, the response.
+
+    ``response_json`` is empty while the first request is still running (a concurrent
+    duplicate is then refused). Keys belong to the caller (``holder``): two callers never
+    share one.
+    """
+
+    __tablename__ = "idempotency_keys"
+    holder: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # What the request created (no foreign key: an erasure deletes the key with it).
+    outcome_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Tombstone(Base):
+    """An erased person: a keyed hash of their id, never the id itself.
+
+    The key (``store_meta`` row ``tombstone_salt``) lives in the store, so an import can hash
+    the ids it brings and refuse an erased one.
+    """
+
+    __tablename__ = "tombstones"
+    person_id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 Index("ix_ties_created", Tie.created_at)
