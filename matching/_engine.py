@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from features import (
@@ -39,7 +40,13 @@ from graph._frames import CommunityFrames
 from graph._payout import PayRule
 from matching._ranker import BaseRanker
 from matching._retrieval import RetrievalIndex, cheap_scores
-from matching._rules import Eligibility, MissionRules, VettingIndex, eligible_candidates
+from matching._rules import (
+    Eligibility,
+    MissionRules,
+    VettingIndex,
+    eligible_candidates,
+    incomplete_groups,
+)
 
 __all__ = ["Candidate", "MatchingEngine", "ShortlistConfig", "ShortlistResult"]
 
@@ -66,7 +73,8 @@ class ShortlistConfig:
     vetted_strength_factor : float
         On vetted missions, m is multiplied by this: draws stay close to the score.
     max_per_cluster : int
-        Most candidates from one cluster of strong ties (weight >= ``strong_tie``).
+        Most candidates of one list in one connected component of strong ties
+        (weight >= ``strong_tie``) among the list's persons; pins may exceed it.
     pool_size : int
         Candidates kept by retrieval for the ranker (persons; groups come on top).
     prefilter_size : int
@@ -153,6 +161,7 @@ class MatchingEngine:
         self.graph = graph if graph is not None else community_graph_from_frames(frames)
         attach_graph(self.snapshot, self.graph)
         self.vetting = VettingIndex(frames.vetting, self.snapshot.person_index)
+        incomplete_groups(frames, self.snapshot)
         self.retrieval = RetrievalIndex(self.snapshot, feature_model)
         self._missions = {r["mission_id"]: r for r in frames.missions.iter_rows(named=True)}
 
@@ -329,7 +338,14 @@ class MatchingEngine:
 
     def _policy(self, mission: dict, feats: pl.DataFrame, p: np.ndarray, k: int,
                 pinned: Sequence[str], seed: int) -> tuple[list[int], np.ndarray]:
-        """The served list (draw 0) and every candidate's top-k inclusion probability."""
+        """The served list (draw 0) and every candidate's top-k inclusion probability.
+
+        Every draw is resolved as :func:`_greedy` would, but in bulk: the list a draw gives
+        without the rules (pins, then its first newcomers for the reserved places, then its
+        best) is the greedy's list whenever it breaks no rule (a shared person, a cluster
+        over the cap), since a subset of a list that breaks no rule breaks none either. Only
+        the draws whose list does break one go through the greedy, one by one.
+        """
         n = feats.height
         if n == 0:
             return [], np.zeros(0)
@@ -342,9 +358,13 @@ class MatchingEngine:
         member_idx = [([snap.person_index[cid]] if kd == "person"
                        else snap.group_members[cid].tolist()) for kd, cid in zip(kinds, ids,
                                                                                  strict=True)]
-        outcomes = np.array([snap.n_outcomes[m].sum() for m in member_idx])
+        sizes = np.array([len(m) for m in member_idx])
+        flat = np.fromiter((x for m in member_idx for x in m), dtype=np.int64,
+                           count=int(sizes.sum()))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        outcomes = np.add.reduceat(snap.n_outcomes[flat], starts)
         newcomer = self._newcomer_mask(feats)
-        cluster = self._clusters(member_idx)
+        linked, shared = self._strong_neighbours(flat, sizes)
         strength = np.minimum(c.prior_strength + outcomes, c.max_strength)
         if vetted:
             strength = strength * c.vetted_strength_factor
@@ -353,28 +373,44 @@ class MatchingEngine:
         draws = rng.beta(pc * strength, (1 - pc) * strength, size=(c.mc_draws, n))
         pinned_pos = [ids.index(x) for x in pinned if x in ids]
         n_new = int(round(share * k))
-        counts = np.zeros(n)
-        served: list[int] = []
-        for d in range(c.mc_draws):
-            pick = _greedy(draws[d], k, newcomer, n_new, member_idx, cluster,
-                           c.max_per_cluster, pinned_pos)
-            counts[pick] += 1
-            if d == 0:
-                served = pick
+        pins = list(dict.fromkeys(pinned_pos))[:k]
+        lists = np.hstack([np.broadcast_to(np.array(pins, dtype=np.int64),
+                                           (c.mc_draws, len(pins))),
+                           _best_of_draws(draws, k - len(pins), newcomer, n_new, pins)])
+        broken = _breaks_rules(lists, linked, shared, c.max_per_cluster)
+        counts = np.bincount(lists[~broken].ravel(), minlength=n).astype(float)
+        served: list[int] = lists[0].tolist()
+        if broken.any():
+            rows, cols = np.nonzero(linked)
+            tied = np.split(cols, np.searchsorted(rows, np.arange(1, n)))
+            for d in np.flatnonzero(broken):
+                pick = _greedy(draws[d], k, newcomer, n_new, member_idx, tied,
+                               c.max_per_cluster, pinned_pos)
+                counts[pick] += 1
+                if d == 0:
+                    served = pick
         propensity = np.maximum(counts / c.mc_draws, 1.0 / c.mc_draws)
         propensity[pinned_pos] = 1.0
         # The served list in order of its draw (pins first).
-        order = sorted(served, key=lambda i: (i not in pinned_pos, -draws[0][i]))
-        return order, propensity
+        order0 = sorted(served, key=lambda i: (i not in pinned_pos, -draws[0][i]))
+        return order0, propensity
 
-    def _clusters(self, member_idx: list[list[int]]) -> np.ndarray:
-        """Connected components of strong ties among the candidates' persons."""
-        persons = np.unique(np.concatenate([np.asarray(m) for m in member_idx]))
-        local = {p: i for i, p in enumerate(persons.tolist())}
+    def _strong_neighbours(self, flat: np.ndarray, sizes: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Between candidates (persons ``flat``, ``sizes`` per candidate), as dense boolean
+        matrices with a false diagonal: ``linked``, a strong tie (weight >= ``strong_tie``)
+        joins one's person to the other's; ``shared``, they have a person in common."""
+        n = len(sizes)
+        persons, local = np.unique(flat, return_inverse=True)
         sub = self.snapshot.ties[persons][:, persons]
-        strong = sub.multiply(sub >= self.config.strong_tie)
-        _, labels = connected_components(strong, directed=False)
-        return np.array([labels[local[m[0]]] for m in member_idx])
+        strong = sp.csr_matrix(sub >= self.config.strong_tie, dtype=np.float64)
+        incidence = sp.csr_matrix((np.ones(len(flat)), (np.repeat(np.arange(n), sizes), local)),
+                                  shape=(n, len(persons)))
+        linked = (incidence @ strong @ incidence.T).toarray() > 0
+        shared = (incidence @ incidence.T).toarray() > 0
+        np.fill_diagonal(linked, False)
+        np.fill_diagonal(shared, False)
+        return linked, shared
 
     def _reasons(self, feats: pl.DataFrame, i: int, members: list[str],
                  allow_special: bool) -> list[str]:
@@ -407,22 +443,90 @@ class MatchingEngine:
         return reasons[:3]
 
 
+def _best_of_draws(draws: np.ndarray, places: int, newcomer: np.ndarray, n_new: int,
+                   pins: Sequence[int]) -> np.ndarray:
+    """Per draw, the candidates the greedy would add to ``pins`` were no rule to bind: the
+    draw's best newcomers for the reserved places, then its best of the others.
+
+    Sets, not orders (ties between equal draws fall either way): one row per draw, each of
+    the same length.
+    """
+    n_draws, n = draws.shape
+    free = np.ones(n, dtype=bool)
+    free[list(pins)] = False
+    free_idx = np.flatnonzero(free)
+    reserved = max(0, min(n_new - int(newcomer[list(pins)].sum()), places)) if n_new else 0
+    new_pos = np.flatnonzero(newcomer[free_idx])  # positions in free_idx
+    reserved = min(reserved, len(new_pos))
+    neg = -draws[:, free_idx]
+    rows = np.arange(n_draws)[:, None]
+    first = np.empty((n_draws, 0), dtype=np.int64)
+    if reserved:
+        sub = neg[:, new_pos]
+        top = (np.argpartition(sub, reserved - 1, axis=1)[:, :reserved]
+               if reserved < len(new_pos) else np.broadcast_to(np.arange(len(new_pos)),
+                                                               sub.shape))
+        first = new_pos[top]
+        neg[rows, first] = np.inf
+    rest = min(places - reserved, len(free_idx) - reserved)
+    best = np.empty((n_draws, 0), dtype=np.int64)
+    if rest > 0:
+        best = np.argpartition(neg, rest - 1, axis=1)[:, :rest]
+    return free_idx[np.hstack([first, best])]
+
+
+def _breaks_rules(lists: np.ndarray, linked: np.ndarray, shared: np.ndarray, cap: int
+                  ) -> np.ndarray:
+    """Per row of ``lists`` (one list of candidates per draw): does it hold a person twice
+    or a connected component of strong ties larger than ``cap``?"""
+    n_draws, m = lists.shape
+    if m < 2:
+        return np.zeros(n_draws, dtype=bool)
+    rows, cols = lists[:, :, None], lists[:, None, :]
+    broken = shared[rows, cols].any(axis=(1, 2))
+    d, i, j = np.nonzero(linked[rows, cols])
+    if len(d):
+        # Components of every draw's list at once: one graph of n_draws * m nodes.
+        nodes = n_draws * m
+        g = sp.csr_matrix((np.ones(len(d)), (d * m + i, d * m + j)), shape=(nodes, nodes))
+        _, label = connected_components(g, directed=False)
+        size = np.bincount(label)[label].reshape(n_draws, m)
+        broken |= (size > cap).any(axis=1)
+    return broken
+
+
 def _greedy(theta: np.ndarray, k: int, newcomer: np.ndarray, n_new: int,
-            member_idx: list[list[int]], cluster: np.ndarray, cap: int,
+            member_idx: list[list[int]], tied: list[np.ndarray], cap: int,
             pinned: Sequence[int]) -> list[int]:
-    """One draw of the policy: pins, then the reserved newcomer places, then the rest."""
+    """One draw of the policy: pins, then the reserved newcomer places, then the rest.
+
+    The cluster cap holds on the list itself: no connected component of strong ties among
+    the chosen candidates grows beyond ``cap`` (pins excepted). Components are kept with a
+    union-find over the chosen candidates only, so that a community-wide web of ties does
+    not starve the list (a component of the whole pool would).
+    """
     used: set[int] = set()
-    per_cluster: dict[int, int] = {}
     chosen: list[int] = []
+    parent: dict[int, int] = {}
+    size: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
 
     def take(i: int, force: bool = False) -> bool:
-        if i in chosen or used.intersection(member_idx[i]):
+        if i in parent or used.intersection(member_idx[i]):
             return False
-        if not force and per_cluster.get(cluster[i], 0) >= cap:
+        roots = {root(int(j)) for j in tied[i] if int(j) in parent}
+        if not force and 1 + sum(size[r] for r in roots) > cap:
             return False
         chosen.append(i)
         used.update(member_idx[i])
-        per_cluster[cluster[i]] = per_cluster.get(cluster[i], 0) + 1
+        parent[i], size[i] = i, 1 + sum(size[r] for r in roots)
+        for r in roots:
+            parent[r] = i
         return True
 
     for i in pinned:

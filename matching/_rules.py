@@ -15,8 +15,14 @@ import numpy as np
 import polars as pl
 
 from features import CommunitySnapshot, MissionSpec
+from graph._frames import CommunityFrames
 
-__all__ = ["Eligibility", "MissionRules", "VettingIndex", "eligible_candidates"]
+__all__ = ["INCOMPLETE_GROUPS", "Eligibility", "MissionRules", "VettingIndex",
+           "eligible_candidates", "incomplete_groups"]
+
+# Key of ``CommunitySnapshot.extras`` holding the ids of groups with a member who joins at or
+# after the snapshot's time (set by :func:`incomplete_groups`).
+INCOMPLETE_GROUPS = "incomplete_groups"
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,19 @@ class VettingIndex:
         return mask
 
 
+def incomplete_groups(frames: CommunityFrames, snap: CommunitySnapshot) -> frozenset[str]:
+    """Groups of ``frames`` with a member who joins (the group or the community) at or after
+    the snapshot's time, recorded in ``snap.extras`` for :func:`eligible_candidates`."""
+    t = snap.as_of
+    joined = frames.persons.select("person_id", pl.col("joined_at").alias("person_joined_at"))
+    late = (frames.group_members.join(joined, on="person_id", how="left")
+            .filter((pl.col("joined_at") >= t) | (pl.col("person_joined_at") >= t)
+                    | pl.col("person_joined_at").is_null()))
+    out = frozenset(late["group_id"].unique().to_list())
+    snap.extras[INCOMPLETE_GROUPS] = out
+    return out
+
+
 @dataclass
 class Eligibility:
     """Who passed the hard rules, and how many each rule excluded (for the decision log)."""
@@ -124,10 +143,17 @@ def eligible_candidates(snap: CommunitySnapshot, vetting: VettingIndex, mission:
     for members in snap.group_members.values():
         members_needed[members] = True
     member_ok = _person_mask(snap, vetting, mission, exclude, members_needed, {})
+    # Groups with a member who has not joined yet (as of the snapshot): the group that will
+    # take the mission is not the one the snapshot holds. Fail closed (docs/simulator.md,
+    # rule 8: every member's joined_at <= t).
+    incomplete = snap.extras.get(INCOMPLETE_GROUPS, frozenset())
     groups = []
-    wrong_size = members_fail = 0
+    wrong_size = members_fail = not_joined = 0
     for g, members in snap.group_members.items():
         if g in exclude:
+            continue
+        if g in incomplete:
+            not_joined += 1
             continue
         if not mission.team_min <= len(members) <= mission.team_max:
             wrong_size += 1
@@ -138,6 +164,7 @@ def eligible_candidates(snap: CommunitySnapshot, vetting: VettingIndex, mission:
         groups.append(g)
     excluded["group_team_size"] = wrong_size
     excluded["group_member_ineligible"] = members_fail
+    excluded["group_member_not_joined"] = not_joined
 
     if not mission.team_min <= 1 <= mission.team_max:
         excluded["team_size"] = int(mask.sum())

@@ -1,0 +1,178 @@
+"""The training set: which assignments make rows, their labels, the propensity they carry,
+features as of the start of the assignment's week (nothing later leaks in), and a Ranker
+fitting on it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from support.matching_fixtures import Community, d, simulated
+
+import features
+import graph
+import matching
+from features import FEATURE_NAMES
+from matching import build_training_set, labelled_assignments, snapshot_time
+
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    s = simulated(tmp_path_factory.mktemp("training"), n_persons=600, n_missions=200, seed=41)
+    yield s
+    s.store.dispose()
+
+
+@pytest.fixture(scope="module")
+def rows(sim) -> pl.DataFrame:
+    ts = sim.training_set()
+    assert ts.skipped_unknown_candidate == 0
+    return ts.rows
+
+
+def test_rows_are_the_assignments_with_a_verified_outcome_before_the_cutoff(sim, rows):
+    out = sim.frames.outcomes
+    before = out.filter((pl.col("status") == "verified") & (pl.col("measured_at") < sim.cut))
+    expected = set(before["assignment_id"].to_list())
+    assert set(rows["assignment_id"].to_list()) == expected
+    assert rows["assignment_id"].n_unique() == rows.height
+    # What was left out is there to be left out: outcomes not verified, or verified late.
+    unverified = set(out.filter(pl.col("status") != "verified")["assignment_id"].to_list())
+    late = set(out.filter((pl.col("status") == "verified")
+                          & (pl.col("measured_at") >= sim.cut))["assignment_id"].to_list())
+    assert unverified - expected and late - expected
+    # Labels: any verified success before the cut-off.
+    success = dict(before.group_by("assignment_id").agg(pl.col("success").any()).iter_rows())
+    assert all(success[a] == label for a, label in rows.select("assignment_id", "label")
+               .iter_rows())
+    assert 0 < rows["label"].sum() < rows.height
+
+
+def test_label_is_any_verified_success_before_the_cutoff():
+    cut = d(2025, 3, 1)
+    c = Community().add_area("A1", 48.85, 2.35)
+    c.add_mission("M1", starts_at=d(2025, 1, 5), ends_at=d(2025, 4, 30))
+    for i in range(1, 7):
+        c.add_person(f"P{i}")
+        c.add_assignment(f"AS{i}", "M1", person=f"P{i}", at=d(2025, 1, 3), status="active",
+                         propensity=0.1 * i)
+    c.add_outcome("O1", "AS1", d(2025, 2, 1), False).add_outcome("O2", "AS1", d(2025, 2, 10),
+                                                                   True)
+    c.add_outcome("O3", "AS2", d(2025, 2, 1), False).add_outcome("O4", "AS2", d(2025, 2, 10),
+                                                                   False)
+    c.add_outcome("O5", "AS3", d(2025, 3, 5), True)  # verified after the cut-off
+    c.add_outcome("O6", "AS4", d(2025, 2, 1), True, status="claimed")
+    c.add_outcome("O7", "AS5", d(2025, 2, 1), False).add_outcome("O8", "AS5", d(2025, 3, 5),
+                                                                   True)
+    c.add_outcome("O9", "AS6", d(2025, 2, 1), True, status="rejected")
+    frames = c.frames()
+    labelled = labelled_assignments(frames, until=cut)
+    assert dict(labelled.select("assignment_id", "label").iter_rows()) == {
+        "AS1": True, "AS2": False, "AS5": False}
+    fm = features.FeatureModel().fit(frames, cut)
+    ts = build_training_set(frames, fm, labelled)
+    assert dict(ts.rows.select("assignment_id", "label").iter_rows()) == {
+        "AS1": True, "AS2": False, "AS5": False}
+    assert dict(ts.rows.select("assignment_id", "propensity").iter_rows()) == pytest.approx(
+        {"AS1": 0.1, "AS2": 0.2, "AS5": 0.5})
+
+
+def test_rows_carry_the_logged_propensity(sim, rows):
+    logged = dict(sim.frames.assignments.select("assignment_id", "propensity").iter_rows())
+    carried = rows.select("assignment_id", "propensity").iter_rows()
+    assert all(logged[a] == p or (logged[a] is None and p is None) for a, p in carried)
+    assert rows["propensity"].null_count() > 0  # hand picks stay, unusable off-policy
+    assert rows["propensity"].drop_nulls().min() > 0
+
+
+def test_rows_use_the_snapshot_of_the_start_of_the_week(rows):
+    for at in rows["assigned_at"].to_list():
+        start = snapshot_time(at)
+        assert start.weekday() == 0 and start.tzinfo is not None
+        assert (start.hour, start.minute, start.second) == (0, 0, 0)
+        assert start <= at < start + timedelta(days=7)
+    assert set(FEATURE_NAMES) <= set(rows.columns)
+    for name in FEATURE_NAMES:
+        assert rows[name].null_count() == 0, name
+        assert not rows[name].is_nan().any(), name
+
+
+def _row_with_history(sim, rows) -> dict:
+    """A person's row assigned well inside its week, with successful peers on its need."""
+    for r in rows.filter(pl.col("kind") == "person").sort("assigned_at", descending=True) \
+            .iter_rows(named=True):
+        start = snapshot_time(r["assigned_at"])
+        if r["assigned_at"] - start > 2 * HOUR and start - sim.cut < timedelta(days=-30):
+            return r
+    raise AssertionError("no suitable row")
+
+
+def _with(frames: graph.CommunityFrames, **new: list[dict]) -> graph.CommunityFrames:
+    """``frames`` with rows added to some tables (schema kept)."""
+    changes = {name: pl.concat([getattr(frames, name),
+                                pl.DataFrame(rows_, schema=getattr(frames, name).schema)])
+               for name, rows_ in new.items()}
+    return replace(frames, **changes)
+
+
+def test_an_outcome_or_tie_after_the_snapshot_changes_nothing_in_the_row(sim, rows):
+    r = _row_with_history(sim, rows)
+    start = snapshot_time(r["assigned_at"])
+    person, need = r["candidate_id"], r["need_type"]
+    frames = sim.frames
+    # A finished mission of the same need, for a new success of this person...
+    past = frames.missions.filter((pl.col("need_type") == need)
+                                  & (pl.col("ends_at") < start - timedelta(days=1))
+                                  & (pl.col("starts_at") > start - timedelta(days=400)))
+    m = past.row(0, named=True)
+    # ... and someone who already succeeded on this need, not yet tied to them.
+    snap = features.CommunitySnapshot.build(frames, sim.feature_model, start)
+    j = sim.feature_model.fitted_.need_index[need]
+    tied = set(frames.ties.filter((pl.col("person_a") == person) | (pl.col("person_b") == person))
+               .select(pl.concat_list("person_a", "person_b").explode()).to_series().to_list())
+    partner = next(p for p in snap.person_ids[snap.need_s[:, j] > 0].tolist()
+                   if p != person and p not in tied)
+    labelled = labelled_assignments(frames, until=sim.cut).filter(
+        pl.col("assignment_id") == r["assignment_id"])
+
+    def row_given(at) -> dict:  # noqa: ANN001
+        changed = _with(
+            frames,
+            assignments=[dict(assignment_id="AS_new", mission_id=m["mission_id"],
+                              person_id=person, group_id=None, shortlist_id=None,
+                              assigned_at=m["starts_at"], status="completed",
+                              propensity=None)],
+            outcomes=[dict(outcome_id="O_new", assignment_id="AS_new", measured_at=at,
+                           value=1.0, success=True, status="verified", payout=0.0,
+                           mission_id=m["mission_id"], need_type=need, person_id=person,
+                           group_id=None)],
+            ties=[dict(person_a=min(person, partner), person_b=max(person, partner),
+                       kind="peer", weight=1.0, created_at=at)],
+        )
+        g = graph.community_graph_from_frames(changed)
+        ts = build_training_set(changed, sim.feature_model, labelled, graph=g)
+        return ts.rows.row(0, named=True)
+
+    after, before = row_given(start + HOUR), row_given(start - HOUR)
+    for name in FEATURE_NAMES:
+        assert after[name] == pytest.approx(r[name], nan_ok=True, rel=1e-12, abs=1e-12), name
+    assert after["label"] == r["label"]
+    # The same outcome and tie an hour before the snapshot do reach the row: the test can
+    # tell a leak.
+    assert before["n_outcomes"] == r["n_outcomes"] + 1
+    assert before["ties_succeeded"] == r["ties_succeeded"] + 1
+    assert before["tr_rate"] != r["tr_rate"]
+
+
+def test_a_ranker_fits_on_the_training_set(rows):
+    ranker = matching.Ranker(n_threads=1).fit(rows, rows["label"], times=rows["assigned_at"])
+    p = ranker.predict_proba(rows)
+    assert p.shape == (rows.height,) and np.isfinite(p).all()
+    assert ((p >= 0) & (p <= 1)).all()
+    assert tuple(ranker.feature_names_) == FEATURE_NAMES
+    assert p.std() > 0  # it learned something that tells rows apart
