@@ -11,12 +11,15 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from graph import CrunchError, NotFoundError, ValidationError, open_store
-from service._provider import EngineProvider
+from service._provider import EngineProvider, RegistryChampion
 from service.settings import Settings
 
 __all__ = ["create_app"]
@@ -99,6 +102,18 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
         return JSONResponse({"detail": "the store is busy, retry shortly"}, status_code=503,
                             headers={"Retry-After": "1"})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # A body that is not JSON (or not UTF-8) is bad input like any other: 422.
+            return JSONResponse({"detail": [{"field": "body", "message":
+                                             "not a JSON document (or not UTF-8)"}]}, 422)
+        if exc.status_code == 405:
+            # Starlette lists the methods of the first route of the path only.
+            exc = StarletteHTTPException(405, exc.detail, headers={
+                **(exc.headers or {}), "Allow": ", ".join(_methods_of(app, request.scope))})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")}
@@ -108,12 +123,19 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
     return app
 
 
-def _registry_loader(settings: Settings) -> Callable:
-    def load():  # noqa: ANN202
-        try:
-            from training import _mlflow
-        except ImportError:  # the registry module is not part of this build yet
-            return None
-        return _mlflow.load_champion_for_service(settings.tracking_uri, settings.home)
+def _methods_of(app: FastAPI, scope: dict) -> list[str]:
+    """Every method the request's path answers to, over all routes (included ones too)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        contexts = (route.effective_route_contexts()
+                    if hasattr(route, "effective_route_contexts") else [route])
+        for ctx in contexts:
+            match, _ = ctx.matches(scope)
+            if match != Match.NONE:
+                methods.update(getattr(ctx, "methods", None) or ())
+    return sorted(methods)
 
-    return load
+
+def _registry_loader(settings: Settings) -> Callable:
+    """The registry's champion (``training._mlflow``), read where the settings say."""
+    return RegistryChampion(settings.tracking_uri, settings.home, store_url=settings.store_url)

@@ -186,11 +186,148 @@ def train_cmd(
     print(json.dumps(result.to_dict(), indent=2, default=str))
 
 
+def _champion(settings: Settings, frames, now):  # noqa: ANN001, ANN202
+    """The registry's champion and its version; the day-one prior when there is none."""
+    from features import FeatureModel
+    from matching import PriorRanker
+    from service._provider import DAY_ONE, RegistryChampion
+    from training import EngineModel
+
+    found = RegistryChampion(settings.tracking_uri, settings.home,
+                             store_url=settings.store_url)()
+    if found is not None:
+        return found
+    # Until a model is registered: the day-one prior, with features fitted on all data.
+    return EngineModel(FeatureModel().fit(frames, now), PriorRanker(), None,
+                       {"policy": "day-one prior"}), DAY_ONE
+
+
+@app.command("allocate")
+def allocate_cmd(
+    floor: Annotated[float, typer.Option(
+        "--floor", min=0.0, max=1.0, help="least share of person-seats for newcomers")] = 0.2,
+    per_mission: Annotated[int, typer.Option(
+        "--per-mission", min=1, help="candidates per mission given to the solver")] = 30,
+    value: Annotated[str, typer.Option(
+        help="what a proposed candidate is worth: p_success or expected_payout")] = "p_success",
+    as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
+) -> None:
+    """Staff every open mission at once: nobody beyond capacity, a floor on the newcomers'
+    share, and the expected outcome that floor costs."""
+    import json
+    from datetime import UTC, datetime
+
+    from graph import load_frames
+    from matching import MatchingEngine
+    from matching._allocation_wiring import allocate_open_missions, allocation_report_json
+
+    if value not in ("p_success", "expected_payout"):
+        err.print(f"--value must be p_success or expected_payout, not {value!r}")
+        raise typer.Exit(2)
+    store = open_store(_settings().store_url)
+    try:
+        frames = load_frames(store)
+    finally:
+        store.dispose()
+    if frames.missions.filter(frames.missions["status"] == "open").height == 0:
+        if as_json:
+            typer.echo(json.dumps({"missions_open": 0, "assignments": {}}))
+        else:
+            console.print("no open missions: nothing to allocate")
+        return
+    now = datetime.now(UTC)
+    model, version = _champion(_settings(), frames, now)
+    engine = MatchingEngine(frames, model.feature_model, model.ranker, now=now)
+    run = allocate_open_missions(engine, candidates_per_mission=per_mission,
+                                 newcomer_floor=floor, value=value)
+    report = allocation_report_json(run)
+    report["model_version"] = version
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    summary = Table(title=f"allocation of {report['missions_open']} open missions "
+                          f"(store version {report['store_version']}, "
+                          f"{report['model_version']})")
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    for name, shown in [
+        ("missions staffed", f"{report['missions_staffed']:,}"),
+        ("missions without eligible candidates", f"{len(report['missions_without_candidates']):,}"),
+        ("missions left unstaffed by the floor", f"{len(report['unstaffed_by_floor']):,}"),
+        ("person-seats", f"{report['seats']:,}"),
+        (f"newcomer share (floor {floor:g})", share(report["newcomer_share"])),
+        ("newcomer share without the floor", share(report["newcomer_share_without_floor"])),
+        (f"expected {value}", f"{report['objective']:,.3f}"),
+        (f"expected {value} without the floor", f"{report['objective_without_floor']:,.3f}"),
+        ("price of the floor", f"{report['price_of_floor']:,.3f}"),
+        ("solver", f"{report['status']} (gap {report['mip_gap']:.1e})"),
+        ("seconds", f"{report['seconds']['total']:.2f}"),
+    ]:
+        summary.add_row(name, shown)
+    console.print(summary)
+    if report["assignments"]:
+        table = Table(title="proposed candidates")
+        table.add_column("mission")
+        table.add_column("candidates")
+        table.add_column("newcomers", justify="right")
+        for mission_id, cands in report["assignments"].items():
+            table.add_row(mission_id, ", ".join(c["candidate_id"] for c in cands),
+                          str(sum(c["newcomer"] for c in cands)))
+        console.print(table)
+
+
+def _urls(host: str, port: int) -> list[tuple[str, str]]:
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    return [("API docs", f"{base}/docs"), ("match", f"{base}/v1/match"),
+            ("ready", f"{base}/readyz"), ("metrics", f"{base}/metrics")]
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, workers: int | None,
+           log_level: str, access_log: bool = True) -> None:
+    import uvicorn
+
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
+    if not settings.api_keys:
+        err.print("no API key configured (CRUNCH_API_KEYS): every /v1 call answers 401")
+    for name, url in _urls(host, port):
+        console.print(f"{name:>9}: {url}")
+    # A factory: every worker builds its own app from the environment (CRUNCH_*).
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, access_log=access_log)
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(help="address (default CRUNCH_HOST, 127.0.0.1)")
+                    ] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="default 8000")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="processes (default 1)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "info",
+    access_log: Annotated[bool, typer.Option(help="log every request")] = True,
+) -> None:
+    """Serve the API with uvicorn until stopped (the champion model, or the day-one policy)."""
+    _serve(_settings(), host, port, workers, log_level, access_log)
+
+
 @app.command("up")
 def up_cmd(
     serve: Annotated[bool, typer.Option(help="serve the API until stopped")] = True,
+    train: Annotated[bool, typer.Option(
+        help="register the day-one policy and train a first model when none exists")] = True,
+    host: Annotated[str | None, typer.Option(help="address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="default 8000")] = None,
 ) -> None:
-    """The main job: seed a demo community on an empty store, then report what it holds."""
+    """The main job: seed a demo community on an empty store, train, then serve the API."""
+    import os
+    import secrets
+
     from graph import import_bundle, simulate_bundle
 
     settings = _settings()
@@ -214,21 +351,36 @@ def up_cmd(
     else:
         console.print("the store already holds a community: reusing it")
     _print_counts(counts, f"community store ({store.dialect}, version {store.version()})")
-    from graph import load_frames, load_truth
-    from training import champion_version, ensure_champion
+    if train:
+        _train_if_needed(settings, store)
+    store.dispose()
+    if not serve:
+        return
+    if not settings.api_keys:
+        # A local demo needs a key: one for this session, given to the workers by environment.
+        key = f"demo-{secrets.token_urlsafe(18)}"
+        os.environ["CRUNCH_API_KEYS"] = (
+            f'[{{"key": "{key}", "holder": "demo", "scope": "admin"}}]')
+        console.print(f"no API key configured: this session's admin key is {key} "
+                      f"(header X-API-Key)", soft_wrap=True, markup=False, highlight=False)
+        settings = _settings()
+    _serve(settings, host, port, None, "info")
 
-    cfg = _mlflow_config(settings)
-    if champion_version(cfg) is None:
-        console.print("no champion model yet: registering the day-one policy, then training")
-    for result in ensure_champion(load_frames(store), cfg, truth=load_truth(store)):
-        verdict = "promoted to champion" if result.promoted else "registered, not promoted"
-        console.print(f"model version {result.version}: {verdict} ({result.reason}; "
-                      f"{result.gate_metric} {result.challenger_value} vs "
-                      f"{result.champion_value})", markup=False)
-    console.print(f"champion: {cfg.model_name} version {champion_version(cfg)} "
-                  f"(MLflow tracking {cfg.tracking_uri})", markup=False)
-    if serve:
-        console.print("serving is not part of this build yet (`crunch up --no-serve` exits here)")
+
+def _train_if_needed(settings: Settings, store) -> None:  # noqa: ANN001
+    """Register the day-one policy, then train and gate a first model, when none exists."""
+    from graph import load_frames, load_truth
+    from training._mlflow import ensure_champion
+
+    config = _mlflow_config(settings)
+    frames = load_frames(store)
+    results = ensure_champion(frames, config, truth=load_truth(store))
+    if not results:
+        console.print("the registry already has a champion")
+    for r in results:
+        console.print(f"registered {config.model_name} version {r.version}: "
+                      f"{'champion' if r.promoted else 'not promoted'} ({r.reason})",
+                      markup=False, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,22 +1,59 @@
-"""``POST /v1/match``: the platform's endpoint. Ids and scores, nothing else about people."""
+"""``POST /v1/match``: the platform's endpoint. Ids and scores, nothing else about people.
+
+Every list served for a stored mission, each re-ask included, goes to the decision log
+(:func:`matching.record_shortlist`) with the version of the model that served it and who
+asked; a list for a mission not stored yet cannot reference it and is not logged (its
+``shortlist_id`` is null).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+import weakref
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 from starlette.concurrency import run_in_threadpool
 
-from graph import NotFoundError
-from matching import record_shortlist
+from graph import Store, ValidationError
+from graph._vocabulary import OPEN
+from matching import MatchingEngine, ShortlistResult, record_shortlist
+from service._provider import EngineProvider, LoadedModel
 from service.deps import Principal, StoreDep, require
 from service.routers.health import SERVED_LISTS
+from service.schemas import Kind, Money, Number, Ref, Text, Time
 
-__all__ = ["router"]
+__all__ = ["Int", "MatchById", "MatchDraft", "MatchRequest", "MissionDraft", "engine_for",
+           "router", "serve_list"]
 
 router = APIRouter(prefix="/v1", tags=["match"])
+
+ERRORS = {
+    401: {"description": "no or unknown API key"},
+    403: {"description": "the key's scope may not call this endpoint"},
+    404: {"description": "an id in the path or the body is not in the store"},
+    422: {"description": "a field is missing, unknown or invalid (the message names it)"},
+    503: {"description": "no model loaded yet, or the store is busy: retry"},
+}
+
+
+def _whole_number(value: object) -> object:
+    # JSON's 5 and 5.0 are the same integer (JSON Schema agrees); "5" and true are not.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class MissionDraft(BaseModel):
@@ -24,30 +61,29 @@ class MissionDraft(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    need_type: StrictStr
-    area_id: StrictStr
-    starts_at: datetime
-    ends_at: datetime
-    title: StrictStr = ""
-    description: StrictStr | None = None
-    minutes_per_day: StrictInt = Field(60, ge=1, le=1440)
-    days_per_week: StrictInt = Field(1, ge=1, le=7)
-    team_min: StrictInt = Field(1, ge=1, le=6)
-    team_max: StrictInt = Field(1, ge=1, le=6)
+    need_type: Kind
+    area_id: Ref
+    starts_at: Time
+    ends_at: Time
+    title: Annotated[Text, Field(max_length=300)] = ""
+    description: Annotated[Text, Field(max_length=5000)] | None = None
+    minutes_per_day: Int = Field(60, ge=1, le=1440)
+    days_per_week: Int = Field(1, ge=1, le=7)
+    team_min: Int = Field(1, ge=1, le=6)
+    team_max: Int = Field(1, ge=1, le=6)
     vetting_regime: Literal["minors", "vulnerable_adults"] | None = None
-    radius_km: float | None = Field(None, gt=0, le=1000)
+    radius_km: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False, strict=True)] | None \
+        = None
     pay_rule: Literal["per_unit", "threshold", "linear"] = "threshold"
     direction: Literal["increase", "decrease"] = "increase"
-    baseline: float = 0.0
-    target: float = 1.0
-    unit_price: float | None = Field(None, ge=0)
-    fee: float | None = Field(None, ge=0)
-    contract_cap: float | None = Field(None, ge=0)
+    baseline: Number = 0.0
+    target: Number = 1.0
+    unit_price: Money | None = None
+    fee: Money | None = None
+    contract_cap: Money | None = None
 
     @model_validator(mode="after")
     def _window(self) -> MissionDraft:
-        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
-            raise ValueError("starts_at and ends_at need a time zone (e.g. Z)")
         if self.starts_at > self.ends_at:
             raise ValueError("starts_at is after ends_at")
         if self.team_min > self.team_max:
@@ -55,19 +91,31 @@ class MissionDraft(BaseModel):
         return self
 
 
-class MatchRequest(BaseModel):
+class MatchById(BaseModel):
+    """A stored mission."""
+
     model_config = ConfigDict(extra="forbid")
 
-    mission_id: StrictStr | None = Field(None, max_length=64,
-                                         description="a stored mission, or give `mission`")
-    mission: MissionDraft | None = None
-    k: StrictInt = Field(10, ge=1, le=100)
+    mission_id: Ref
+    k: Int = Field(10, ge=1, le=100, description="length of the list")
 
-    @model_validator(mode="after")
-    def _one(self) -> MatchRequest:
-        if (self.mission_id is None) == (self.mission is None):
-            raise ValueError("give exactly one of mission_id and mission")
-        return self
+
+class MatchDraft(BaseModel):
+    """A mission not stored yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mission: MissionDraft
+    k: Int = Field(10, ge=1, le=100, description="length of the list")
+
+
+def _which(body: object) -> str:
+    return "draft" if isinstance(body, dict) and "mission" in body else "stored"
+
+
+# Either form; errors name the fields of the form the body looks like.
+MatchRequest = Annotated[Annotated[MatchById, Tag("stored")] | Annotated[MatchDraft, Tag("draft")],
+                         Discriminator(_which)]
 
 
 class MatchedCandidate(BaseModel):
@@ -78,42 +126,82 @@ class MatchedCandidate(BaseModel):
 
 
 class MatchResponse(BaseModel):
-    shortlist_id: str
+    shortlist_id: str | None = Field(
+        description="the decision log's id of this list (null for a mission not stored)")
     mission_id: str | None
     model_version: str
     candidates: list[MatchedCandidate]
 
 
-@router.post("/match", response_model=MatchResponse,
-             responses={404: {"description": "unknown mission"},
-                        401: {"description": "no or unknown API key"},
-                        403: {"description": "scope not allowed"},
-                        503: {"description": "no model loaded yet"}})
+# ----------------------------------------------------------------------------- shared
+
+
+def engine_for(request: Request) -> tuple[MatchingEngine, LoadedModel]:
+    """The engine and model serving now (503 before the first model is loaded)."""
+    provider: EngineProvider = request.app.state.provider
+    if not provider.ready:
+        raise HTTPException(503, "no model loaded yet", headers={"Retry-After": "5"})
+    return provider.engine()
+
+
+_NEEDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_draft(engine: MatchingEngine, draft: MissionDraft, field: str = "mission") -> dict:
+    """The draft as a mission row, after checking its need type and area against the store."""
+    known = _NEEDS.get(engine)
+    if known is None:
+        vocab = engine.frames.vocabulary
+        declared = vocab.filter(vocab["kind"] == "need_type")["value"].to_list()
+        known = _NEEDS[engine] = (set(OPEN["need_type"]) | set(declared),
+                                  set(engine.frames.areas["area_id"].to_list()))
+    needs, areas = known
+    if draft.need_type not in needs:
+        raise ValidationError(f"{field}.need_type: {draft.need_type!r} is not in the need_type "
+                              f"vocabulary")
+    if draft.area_id not in areas:
+        raise ValidationError(f"{field}.area_id: area {draft.area_id!r} is not in the store")
+    row = draft.model_dump()
+    row.update(mission_id="draft", client_id=None, status="draft")
+    return row
+
+
+def serve_list(store: Store, loaded: LoadedModel, result: ShortlistResult, principal: Principal,
+               endpoint: str, stored: bool) -> tuple[ShortlistResult, str | None]:
+    """Log a served list in the decision log (stored missions only) with the model version
+    that served it; count it."""
+    result = dataclasses.replace(result, model_version=loaded.version)
+    sid = record_shortlist(store, result, requested_by=principal.holder) if stored else None
+    SERVED_LISTS.labels(endpoint=endpoint).inc()
+    return result, sid
+
+
+# ---------------------------------------------------------------------------- endpoint
+
+
+@router.post("/match", response_model=MatchResponse, responses=ERRORS)
 async def match(body: MatchRequest, request: Request, store: StoreDep,
                 principal: Annotated[Principal, Depends(require("platform", "engineer"))]
                 ) -> MatchResponse:
-    """Best candidates for a mission: ids, kind, score, propensity and model version."""
-    provider = request.app.state.provider
-    if not provider.ready:
-        raise HTTPException(503, "no model loaded yet")
+    """Best candidates for a mission: ids, kind, score, propensity and model version.
+
+    Give either a stored ``mission_id`` or a full ``mission`` not yet stored, and ``k``.
+    Nothing else about the people is returned; a mission engineer's view with reasons is
+    ``POST /v1/missions/{mission_id}/shortlist``.
+    """
 
     def serve() -> MatchResponse:
-        engine = provider.engine()
-        if body.mission_id is not None:
-            mission = engine.mission(body.mission_id)
-            if principal.scope == "client" and mission["client_id"] != principal.client_id:
-                raise NotFoundError(f"mission {body.mission_id!r} is not in the store")
-            result = engine.shortlist(body.mission_id, k=body.k)
-            sid = record_shortlist(store, result, requested_by=principal.holder)
+        engine, loaded = engine_for(request)
+        mission_id = body.mission_id if isinstance(body, MatchById) else None
+        if mission_id is not None:
+            engine.mission(mission_id)  # 404 for an unknown id
+            result = engine.shortlist(mission_id, k=body.k)
         else:
-            draft = body.mission.model_dump()
-            draft.update(mission_id="draft", client_id=None)
-            result = engine.shortlist(mission=draft, k=body.k)
-            sid = record_shortlist(store, result, requested_by=principal.holder,
-                                   mission_stored=False)
-        SERVED_LISTS.labels(endpoint="match").inc()
+            result = engine.shortlist(mission=check_draft(engine, body.mission), k=body.k)
+        result, sid = serve_list(store, loaded, result, principal, "match",
+                                 stored=mission_id is not None)
         return MatchResponse(
-            shortlist_id=sid, mission_id=body.mission_id, model_version=provider.model.version,
+            shortlist_id=sid, mission_id=mission_id, model_version=loaded.version,
             candidates=[MatchedCandidate(id=c.candidate_id, kind=c.kind, score=c.score,
                                          propensity=c.propensity) for c in result.candidates])
 
