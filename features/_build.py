@@ -80,14 +80,18 @@ def _person_features(model: FeatureModel, snap: CommunitySnapshot, m: MissionSpe
 
     n_out = snap.n_outcomes[idx]
     w_le = le_weight(n_out)
-    affinity = np.array([model.le_affinity(snap.le_tags[i], m.need_type) for i in idx])
+    table = f.le_table if snap.le_table is None else snap.le_table
+    affinity = np.array([max((table.get((t, m.need_type), 0.0) for t in snap.le_tags[i]),
+                             default=0.0) for i in idx])
 
     if j is None:  # a need type the model has never seen: no per-need history
         need_n = need_s = np.zeros(len(idx))
-        skill = np.zeros(len(idx))
+        skill = skill_fit = np.zeros(len(idx))
     else:
         need_n, need_s = snap.need_n[idx, j], snap.need_s[idx, j]
-        skill = snap.latent[idx] @ f.need_factors[j]
+        d = f.n_factors
+        skill = snap.latent[idx, :d] @ f.need_factors[j, :d]
+        skill_fit = snap.latent[idx, d + j]
     fam_n = snap.need_n[idx][:, fam_cols].sum(axis=1) if fam_cols else np.zeros(len(idx))
     fam_s = snap.need_s[idx][:, fam_cols].sum(axis=1) if fam_cols else np.zeros(len(idx))
     p_fam = f.p_family.get(family, p_global)
@@ -127,6 +131,7 @@ def _person_features(model: FeatureModel, snap: CommunitySnapshot, m: MissionSpe
         "tr_recent": (snap.recent_s[idx] + k * p_global) / (snap.recent_n[idx] + k),
         "days_since_last": snap.days_since_last[idx],
         "skill_latent": skill,
+        "skill_fit": skill_fit,
         "proximity": prox,
         "proximity_le": prox_le,
         "ties_succeeded": ties_n,
@@ -170,7 +175,8 @@ def _text_fit(model: FeatureModel, snap: CommunitySnapshot, m: MissionSpec,
 _GROUP_AGG = {
     "le_fit": np.max, "le_weight": np.mean, "n_outcomes": np.sum, "tr_rate": np.mean,
     "tr_rate_need": np.max, "tr_rate_family": np.mean, "tr_recent": np.mean,
-    "days_since_last": np.min, "skill_latent": np.max, "proximity": np.sum,
+    "days_since_last": np.min, "skill_latent": np.max, "skill_fit": np.max,
+    "proximity": np.sum,
     "proximity_le": np.sum, "ties_succeeded": np.sum, "ties_succeeded_w": np.sum,
     "ties_in_area": np.max, "peers_rate": np.mean,
     "distance_km": np.max, "same_area": np.max, "availability_ratio": np.min, "load": np.max,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 __all__ = ["FEATURES", "FEATURE_NAMES", "FeatureSpec", "feature_registry", "FEATURE_SET_VERSION"]
 
 # Bump whenever a feature is added, removed or changes meaning: models record it.
-FEATURE_SET_VERSION = "fs-2"
+FEATURE_SET_VERSION = "fs-3"
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 reason="recent missions went well"),
     FeatureSpec("days_since_last", "Days since the person's last verified outcome (3650 if "
                 "none)", "days", "track_record"),
-    FeatureSpec("skill_latent", "Latent skill for this need learned from outcomes on related "
-                "needs, with a prior from the person's peers", "score", "latent_skill",
-                reason="skills shown on related missions"),
+    FeatureSpec("skill_latent", "What the person's own outcomes add to their expected success "
+                "on this need: empirical-Bayes posterior of a general, a need-family and a "
+                "need skill, so that outcomes on related needs count (0 without outcomes)",
+                "success points", "latent_skill", reason="skills shown on related missions"),
+    FeatureSpec("skill_fit", "Success lift that people declaring the same skills showed on this "
+                "need type (learned from past outcomes, shrunk towards the need family's, then "
+                "towards 0)", "success points", "text",
+                reason="their skills suit this kind of mission"),
     FeatureSpec("proximity", "Personalised PageRank from the mission's area and need over "
                 "residence, ties, groups and past missions (no lived-experience edges)",
                 "PageRank x number of nodes", "graph", reason="well connected in this area"),

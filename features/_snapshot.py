@@ -66,13 +66,16 @@ class CommunitySnapshot:
     recent_s: np.ndarray
     days_since_last: np.ndarray
     load: np.ndarray
-    latent: np.ndarray
+    latent: np.ndarray  # (persons x (skill factors + needs)): see FeatureModel.need_factors
     ties: sp.csr_matrix
     skills: sp.csr_matrix
     skill_names: list[str]
     group_members: dict[str, np.ndarray]
     holds: pl.DataFrame
     extras: dict = field(default_factory=dict)
+    # The learned tables as of this time (see FeatureModel.tables_as_of); None: the model's.
+    le_table: dict | None = None
+    skill_lift: np.ndarray | None = None
 
     @classmethod
     def build(cls, frames: CommunityFrames, model: FeatureModel, as_of: datetime,
@@ -145,12 +148,6 @@ class CommunitySnapshot:
         tie_m = sp.coo_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
         tie_m.sum_duplicates()
 
-        # Latent skill: own fold-in, then a second fold-in pulled towards the peers' mean.
-        own = model.fold_in(need_n, need_s)
-        deg = np.asarray(tie_m.sum(axis=1)).ravel()
-        peers = (tie_m @ own) / np.maximum(deg, 1e-9)[:, None]
-        latent = model.fold_in(need_n, need_s, prior=peers)
-
         # Load: assignments made before t, not declined or withdrawn, on missions running at t.
         missions = (full or frames).missions.select("mission_id", "ends_at")
         active = (past.assignments.filter(~pl.col("status").is_in(["declined", "withdrawn"]))
@@ -173,6 +170,17 @@ class CommunitySnapshot:
                     rows.append(i)
                     cols.append(sindex[tag])
         skills = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(skill_names)))
+
+        # Before the model's cut-off, the learned tables are refitted on the results known
+        # then, so that no training row learns from its own outcome.
+        if as_of < f.cutoff:
+            le_table, lift = model.tables_as_of(past, results)
+        else:
+            le_table, lift = None, model.skill_lift_matrix()
+        # Latent skill: what declared skills predict on every need, then the posterior skill
+        # factors given the person's own results (see FeatureModel.skill_posterior).
+        declared = np.asarray(skills @ lift)
+        latent = np.hstack([model.skill_posterior(need_n, need_s, offset=declared), declared])
 
         # Membership as of t: a member who joins later is not part of the group yet.
         members: dict[str, list[int]] = {}
@@ -212,7 +220,8 @@ class CommunitySnapshot:
             n_outcomes=n_outcomes, res_n=res_n, res_s=res_s, need_n=need_n, need_s=need_s,
             recent_n=recent_n, recent_s=recent_s, days_since_last=last, load=load,
             latent=latent, ties=tie_m, skills=skills, skill_names=skill_names,
-            group_members=group_members, holds=holds,
+            group_members=group_members, holds=holds, le_table=le_table,
+            skill_lift=None if le_table is None else lift,
         )
 
 

