@@ -202,7 +202,7 @@ class CommunitySnapshot:
                      .select(pl.col("person_id_m").alias("person_id"), "mission_id", "status",
                              "starts_at", "ends_at"))
         holds = (pl.concat([direct, via_group])
-                 .filter(pl.col("person_id").is_in(pl.Series(pid).implode()))
+                 .filter(pl.col("person_id").is_in(pl.Series(pid, dtype=pl.String).implode()))
                  .with_columns(pl.col("person_id").replace_strict(pindex, return_dtype=pl.Int64)
                                .alias("person_idx"))
                  .select("person_idx", "mission_id", "status",

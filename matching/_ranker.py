@@ -298,7 +298,10 @@ class _SigmoidCalibrator:
             return value, np.array([float(g @ s), float(g.sum())])
 
         b0 = math.log((n_neg + 1.0) / (n_pos + 1.0))
-        res = minimize(loss, np.array([0.0, -b0]), jac=True, method="L-BFGS-B")
+        # The slope may not be negative: calibration must never invert the model's ranking
+        # (a slice of a hundred rows can fit one otherwise).
+        res = minimize(loss, np.array([0.0, -b0]), jac=True, method="L-BFGS-B",
+                       bounds=[(0.0, None), (None, None)])
         return cls(res.x[0], res.x[1])
 
     def predict(self, s: np.ndarray) -> np.ndarray:

@@ -185,7 +185,7 @@ def _holds(snap: CommunitySnapshot, mission: MissionRules) -> tuple[np.ndarray, 
     if key in cache:
         return cache[key]
     h = snap.holds
-    idx = h["person_idx"].to_numpy()
+    idx = h["person_idx"].cast(pl.Int64).to_numpy().astype(np.int64)
     live = ~h["status"].is_in(["declined", "withdrawn"]).to_numpy()
     overlap = ((h["starts"].to_numpy() <= mission.ends_at.timestamp())
                & (mission.starts_at.timestamp() <= h["ends"].to_numpy()))

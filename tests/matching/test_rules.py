@@ -327,9 +327,6 @@ def test_lived_experience_without_consent_is_never_used_not_even_as_a_feature():
     assert a.filter(pl.col("candidate_id") == "P_consents")["le_fit"][0] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="features/_snapshot.py: CommunitySnapshot.build fails on a snapshot "
-                          "with no person (pl.Series of an empty object array cannot implode)")
 def test_an_empty_community_can_be_served():
     c = city().add_person("P_later", joined_at=d(2025, 6, 1)).add_mission("M1")
     engine = engine_of(c.frames(), NOW)
