@@ -917,8 +917,7 @@ class _Validator:
                     or (r["pay_rule"] == "per_unit" and r["unit_price"] is None)
                     or (r["pay_rule"] != "per_unit" and r["fee"] is None)):
                 continue  # unknown assignment or mission, or a bad rule: reported already
-            rule = PayRule(r["pay_rule"], r["direction"], r["baseline"], r["target"],
-                           r["unit_price"], r["fee"], r["contract_cap"])
+            rule = PayRule.of(r)
             label = f"(outcome_id={r['outcome_id']}, mission {r['mission_id']})"
             if line is not None and r["success"] is not None:
                 expected = success_for(rule, r["value"])

@@ -29,6 +29,20 @@ class PayRule:
     fee: float | None = None
     contract_cap: float | None = None
 
+    @classmethod
+    def of(cls, mission) -> PayRule:  # noqa: ANN001
+        """The pay rule of a mission: a ``Mission`` row, a mapping or any object with its
+        columns. A mission drafted without terms is paid a threshold fee on 0 -> 1."""
+        get = mission.get if isinstance(mission, dict) else (
+            lambda k: getattr(mission, k, None))
+        baseline, target = get("baseline"), get("target")
+        return cls(pay_rule=get("pay_rule") or "threshold",
+                   direction=get("direction") or "increase",
+                   baseline=float(baseline) if baseline is not None else 0.0,
+                   target=float(target) if target is not None else 1.0,
+                   unit_price=get("unit_price"), fee=get("fee"),
+                   contract_cap=get("contract_cap"))
+
 
 def progress(rule: PayRule, value: float) -> float:
     """Share of the way from baseline to target reached by ``value``, clipped to [0, 1]."""

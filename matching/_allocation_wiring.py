@@ -19,9 +19,10 @@ import numpy as np
 import polars as pl
 
 from graph._errors import ValidationError
+from graph._payout import PayRule
 from matching._allocate import Allocation, AllocationProblem, OpenMission, PersonCapacity, allocate
 from matching._allocate import Candidate as AllocationCandidate
-from matching._engine import MatchingEngine, _pay_rule
+from matching._engine import MatchingEngine
 from matching._rules import MissionRules, _holds
 
 __all__ = ["AllocatedCandidate", "AllocationRun", "allocate_open_missions",
@@ -164,7 +165,7 @@ def allocate_open_missions(engine: MatchingEngine, mission_ids: Sequence[str] | 
             empty.append(mid)
             continue
         p = feats["p_success"].to_numpy().astype(float)
-        payout = np.asarray(engine.ranker.expected_payout(p, _pay_rule(m)), dtype=float)
+        payout = np.asarray(engine.ranker.expected_payout(p, PayRule.of(m)), dtype=float)
         newcomer = engine._newcomer_mask(feats)
         keep = _keep(p, newcomer, feats["candidate_id"].to_list(), candidates_per_mission,
                      n_reserved)

@@ -283,7 +283,7 @@ class MatchingEngine:
         rng_seed = seed if seed is not None else int.from_bytes(np.random.bytes(4), "little")
         chosen, propensity = self._policy(m, feats, p, k, pinned + pinned_groups, rng_seed)
         t5 = time.perf_counter()
-        rule = _pay_rule(m)
+        rule = PayRule.of(m)
         payouts = np.asarray(self.ranker.expected_payout(p, rule), dtype=float) if len(p) else p
         candidates = []
         for rank, i in enumerate(chosen, start=1):
@@ -545,12 +545,3 @@ def _greedy(theta: np.ndarray, k: int, newcomer: np.ndarray, n_new: int,
             break
         take(int(i))
     return chosen
-
-
-def _pay_rule(m: dict) -> PayRule:
-    return PayRule(pay_rule=m.get("pay_rule") or "threshold",
-                   direction=m.get("direction") or "increase",
-                   baseline=float(m.get("baseline") or 0.0),
-                   target=float(m.get("target") or 1.0),
-                   unit_price=m.get("unit_price"), fee=m.get("fee"),
-                   contract_cap=m.get("contract_cap"))

@@ -21,7 +21,8 @@ import scipy.sparse as sp
 
 from features import FEATURES, MissionSpec, build_features
 from graph._errors import NotFoundError
-from matching._engine import MatchingEngine, _pay_rule
+from graph._payout import PayRule
+from matching._engine import MatchingEngine
 from matching._rules import Eligibility, MissionRules, eligible_candidates
 
 __all__ = ["MissionOffer", "TeamSuggestion", "missions_for", "suggest_teams"]
@@ -235,7 +236,7 @@ def suggest_teams(engine: MatchingEngine, mission_id: str | None = None, k: int 
             uses[i] = uses.get(i, 0) + 1
     chosen.sort(key=lambda t: (-teams[t][0], sorted(ids[list(t)].tolist())))
 
-    stake = float(engine.ranker.expected_payout([1.0], _pay_rule(m))[0])
+    stake = float(engine.ranker.expected_payout([1.0], PayRule.of(m))[0])
     out = []
     for rank, t in enumerate(chosen, start=1):
         score, p_team, strength = teams[t]
@@ -339,7 +340,7 @@ def missions_for(engine: MatchingEngine, person_id: str, k: int = 10, *,
         return []
     feats = pl.concat(parts, how="vertical_relaxed")
     p = np.asarray(engine.ranker.predict_proba(feats), dtype=float)
-    payout = np.asarray(engine.ranker.expected_payout(p, [_pay_rule(m) for m in routes]),
+    payout = np.asarray(engine.ranker.expected_payout(p, [PayRule.of(m) for m in routes]),
                         dtype=float)
     kinds = feats["kind"].to_list()
     # One route per mission: the best (alone before a group on equal scores).

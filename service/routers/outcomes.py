@@ -67,11 +67,6 @@ IdempotencyKeyHeader = Annotated[str, Header(
                 "a retry with the same key returns the first result.")]
 
 
-def rule_of(m: Mission) -> PayRule:
-    return PayRule(m.pay_rule, m.direction, m.baseline, m.target, m.unit_price, m.fee,
-                   m.contract_cap)
-
-
 def outcome_out(s: Session, o: Outcome, mission_id: str) -> OutcomeOut:
     review = s.get(OutcomeReview, o.outcome_id)
     out = OutcomeOut(outcome_id=o.outcome_id, assignment_id=o.assignment_id,
@@ -163,7 +158,7 @@ def record_claim(store: Store, principal: Principal, assignment_id: str, body: C
             raise HTTPException(422, "measured_at: in the future")
         outcome = Outcome(outcome_id=f"O-{uuid4().hex[:16]}", assignment_id=assignment_id,
                           measured_at=body.measured_at, value=body.value,
-                          success=success_for(rule_of(mission), body.value), status="claimed",
+                          success=success_for(PayRule.of(mission), body.value), status="claimed",
                           payout=None)
         s.add(outcome)
         s.flush()
@@ -207,7 +202,7 @@ def claim(assignment_id: PathId, body: ClaimIn, store: StoreDep,
 def _payout(s: Session, mission: Mission, outcome: Outcome) -> float:
     """What ``outcome`` earns, the contract cap applied in measurement order; 409 if that
     would change what a verified, later-measured outcome was already paid."""
-    rule = rule_of(mission)
+    rule = PayRule.of(mission)
     verified = s.execute(
         select(Outcome.outcome_id, Outcome.measured_at, Outcome.value, Outcome.payout)
         .join(Assignment, Assignment.assignment_id == Outcome.assignment_id)
@@ -255,7 +250,7 @@ def _review(store: Store, principal: Principal, outcome_id: str, to: str,
             raise HTTPException(409, f"outcome {outcome_id!r} is {outcome.status}; only "
                                      f"{' or '.join(allowed)} outcomes can be {to}")
         if to == "verified":
-            outcome.success = success_for(rule_of(mission), outcome.value)
+            outcome.success = success_for(PayRule.of(mission), outcome.value)
             outcome.payout = _payout(s, mission, outcome)
             s.add(LedgerEntry(outcome_id=outcome_id, mission_id=mission.mission_id,
                               amount=outcome.payout, recorded_at=now))
