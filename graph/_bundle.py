@@ -41,23 +41,8 @@ from graph._bundle_schema import (
 )
 from graph._errors import BundleError, Problem
 from graph._models import (
-    Area,
-    AreaLink,
-    Assignment,
-    Base,
-    Client,
-    GroupMember,
+    BUNDLE_MODELS,
     LedgerEntry,
-    Mission,
-    Outcome,
-    PeerGroup,
-    Person,
-    Shortlist,
-    ShortlistCandidate,
-    Tie,
-    Truth,
-    VettingRecord,
-    VocabularyEntry,
 )
 from graph._payout import CENT, PayRule, payout_for, success_for
 from graph._rights import tombstoned_ids
@@ -81,23 +66,7 @@ WRITE_CHUNK = 10_000
 STORE_FETCH_ROWS = 200_000
 FORMATS = ("csv", "parquet")
 
-MODELS: dict[str, type[Base]] = {
-    "vocabulary": VocabularyEntry,
-    "areas": Area,
-    "area_links": AreaLink,
-    "persons": Person,
-    "vetting": VettingRecord,
-    "ties": Tie,
-    "groups": PeerGroup,
-    "group_members": GroupMember,
-    "clients": Client,
-    "missions": Mission,
-    "shortlists": Shortlist,
-    "shortlist_candidates": ShortlistCandidate,
-    "assignments": Assignment,
-    "outcomes": Outcome,
-    "truth": Truth,
-}
+MODELS = BUNDLE_MODELS
 # Tables whose primary key is a surrogate ``id``: rows are matched on the file's key.
 SURROGATE = frozenset({"vetting", "ties", "truth"})
 # Undirected pairs: either orientation is accepted, stored with the smaller id first.

@@ -15,20 +15,9 @@ from sqlalchemy import String, cast, select
 from sqlalchemy.engine import Connection
 
 from graph._models import (
-    Area,
-    AreaLink,
-    Assignment,
-    Client,
-    GroupMember,
-    Mission,
-    Outcome,
-    PeerGroup,
-    Person,
+    BUNDLE_MODELS,
     StoreMeta,
-    Tie,
     UTCDateTime,
-    VettingRecord,
-    VocabularyEntry,
 )
 from graph._store import Store
 
@@ -41,20 +30,10 @@ __all__ = [
     "parse_times",
 ]
 
-_TABLES = {
-    "areas": Area,
-    "area_links": AreaLink,
-    "persons": Person,
-    "vetting": VettingRecord,
-    "ties": Tie,
-    "groups": PeerGroup,
-    "group_members": GroupMember,
-    "clients": Client,
-    "missions": Mission,
-    "assignments": Assignment,
-    "outcomes": Outcome,
-    "vocabulary": VocabularyEntry,
-}
+_TABLES = {name: BUNDLE_MODELS[name] for name in (
+    "areas", "area_links", "persons", "vetting", "ties", "groups", "group_members",
+    "clients", "missions", "assignments", "outcomes", "vocabulary",
+)}
 
 # Which column dates a row, for the point-in-time views. Missions are kept whatever their
 # date (a mission served now may have been created a minute ago), the others are dated.

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "BUNDLE_MODELS",
     "Area",
     "AreaLink",
     "Assignment",
@@ -361,3 +362,22 @@ class Tombstone(Base):
 
 Index("ix_ties_created", Tie.created_at)
 Index("ix_outcomes_measured", Outcome.measured_at)
+
+# Bundle file -> the table that stores it (in the bundle's import order).
+BUNDLE_MODELS: dict[str, type[Base]] = {
+    "vocabulary": VocabularyEntry,
+    "areas": Area,
+    "area_links": AreaLink,
+    "persons": Person,
+    "vetting": VettingRecord,
+    "ties": Tie,
+    "groups": PeerGroup,
+    "group_members": GroupMember,
+    "clients": Client,
+    "missions": Mission,
+    "shortlists": Shortlist,
+    "shortlist_candidates": ShortlistCandidate,
+    "assignments": Assignment,
+    "outcomes": Outcome,
+    "truth": Truth,
+}
