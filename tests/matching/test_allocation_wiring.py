@@ -8,17 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from support.matching_fixtures import open_city
 
 from features import FeatureModel
 from graph import (
     Assignment,
     Mission,
     Store,
-    import_bundle,
     load_frames,
-    open_store,
-    simulate_bundle,
-    sqlite_url,
 )
 from graph._errors import NotFoundError, ValidationError
 from graph._simulate import SNAPSHOT
@@ -29,24 +26,15 @@ NOW = datetime.fromtimestamp(SNAPSHOT, UTC)
 
 
 def _open_city(root, n_open: int = 40) -> Store:
-    """600 persons x 200 missions simulated and imported, plus ``n_open`` open missions
-    (copies of the latest ones, with staggered windows starting after ``NOW``).
-
-    The same community as tests/matching/test_teams.py, plus a staffed mission "MH" running
-    through every open window, accepted by every fourth person: a hold they carry into the
-    allocation.
+    """The teams tests' community (support.matching_fixtures.open_city), plus a staffed
+    mission "MH" running through every open window, accepted by every fourth person: a hold
+    they carry into the allocation.
     """
-    simulate_bundle(root / "bundle", 600, 200, seed=0)
-    store = open_store(sqlite_url(root / "store.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    templates = load_frames(store).missions.sort("mission_id").tail(n_open)
+    store = open_city(root, n_open)
+    simulated = load_frames(store).missions.filter(~pl.col("mission_id").str.starts_with("MO"))
+    template = simulated.sort("mission_id").tail(n_open).row(0, named=True)
     with store.session() as s:
-        for i, r in enumerate(templates.iter_rows(named=True)):
-            starts = NOW + timedelta(days=5 + (7 * i) % 40)
-            s.add(Mission(**{**r, "mission_id": f"MO{i:03d}", "status": "open",
-                             "created_at": NOW - timedelta(days=3), "starts_at": starts,
-                             "ends_at": starts + timedelta(days=60)}))
-        s.add(Mission(**{**templates.row(0, named=True), "mission_id": "MH",
+        s.add(Mission(**{**template, "mission_id": "MH",
                          "status": "staffed", "created_at": NOW - timedelta(days=20),
                          "starts_at": NOW + timedelta(days=1),
                          "ends_at": NOW + timedelta(days=200)}))

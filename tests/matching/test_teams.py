@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
+from support.matching_fixtures import open_city
 
 from features import FEATURE_NAMES, FeatureModel
 from graph import (
@@ -27,11 +28,9 @@ from graph import (
     Tie,
     VettingRecord,
     community_graph_from_frames,
-    import_bundle,
     load_frames,
     open_store,
     payout_for,
-    simulate_bundle,
     sqlite_url,
 )
 from graph._errors import NotFoundError
@@ -242,28 +241,11 @@ def test_missions_for_on_the_hand_made_community(hand_engine):
 NOW = datetime.fromtimestamp(SNAPSHOT, UTC)
 
 
-def _open_city(root, n_open: int = 40) -> Store:
-    """600 persons x 200 missions simulated and imported, plus ``n_open`` open missions
-    (copies of the latest ones, with staggered windows starting after ``NOW``)."""
-    simulate_bundle(root / "bundle", 600, 200, seed=0)
-    store = open_store(sqlite_url(root / "store.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    templates = load_frames(store).missions.sort("mission_id").tail(n_open)
-    with store.session() as s:
-        for i, r in enumerate(templates.iter_rows(named=True)):
-            starts = NOW + timedelta(days=5 + (7 * i) % 40)
-            s.add(Mission(**{**r, "mission_id": f"MO{i:03d}", "status": "open",
-                             "created_at": NOW - timedelta(days=3), "starts_at": starts,
-                             "ends_at": starts + timedelta(days=60)}))
-        Store.bump_version(s)
-    return store
-
-
 @pytest.fixture(scope="module")
 def city(tmp_path_factory):
     """The store, a feature model and a logistic ranker trained on its outcomes."""
     root = tmp_path_factory.mktemp("open_city")
-    store = _open_city(root)
+    store = open_city(root)
     frames = load_frames(store)
     model = FeatureModel().fit(frames, NOW)
     graph = community_graph_from_frames(frames)

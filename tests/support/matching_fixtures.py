@@ -22,6 +22,7 @@ import polars as pl
 import features
 import graph
 import matching
+from graph._simulate import SNAPSHOT
 from matching import BaseRanker
 
 DAY = timedelta(days=1)
@@ -427,3 +428,24 @@ def newcomer_ids(engine: matching.MatchingEngine) -> set[str]:
         counts[p] += 1
     return {p for p in snap.person_ids.tolist()
             if counts[p] < engine.config.newcomer_outcomes}
+
+
+SIM_NOW = datetime.fromtimestamp(SNAPSHOT, UTC)
+
+
+def open_city(root: Path, n_open: int = 40) -> graph.Store:
+    """600 persons x 200 missions simulated and imported, plus ``n_open`` open missions
+    (copies of the latest ones, with staggered windows starting after the simulator's
+    snapshot time ``SIM_NOW``). Shared by the teams and allocation tests."""
+    graph.simulate_bundle(root / "bundle", 600, 200, seed=0)
+    store = graph.open_store(graph.sqlite_url(root / "store.db"))
+    graph.import_bundle(store, root / "bundle", show_progress=False)
+    templates = graph.load_frames(store).missions.sort("mission_id").tail(n_open)
+    with store.session() as s:
+        for i, r in enumerate(templates.iter_rows(named=True)):
+            starts = SIM_NOW + timedelta(days=5 + (7 * i) % 40)
+            s.add(graph.Mission(**{**r, "mission_id": f"MO{i:03d}", "status": "open",
+                                   "created_at": SIM_NOW - timedelta(days=3),
+                                   "starts_at": starts, "ends_at": starts + timedelta(days=60)}))
+        graph.Store.bump_version(s)
+    return store
