@@ -257,12 +257,15 @@ class MatchingEngine:
         idx, groups = self.retrieve(m, eligibility)
         # Pins pass the hard rules like anyone else, wherever retrieval would have cut.
         snap = self.snapshot
-        pin_idx = np.array([snap.person_index[p] for p in pin if p in snap.person_index],
-                           dtype=np.int64)
-        pin_ok = eligible_candidates(snap, self.vetting, MissionRules.of(m), exclude,
-                                     within=pin_idx)
-        pinned = snap.person_ids[pin_ok.person_idx].tolist()
-        pinned_groups = [g for g in pin if g in set(pin_ok.group_ids)]
+        pinned: list[str] = []
+        pinned_groups: list[str] = []
+        if pin:  # a second pass of the rules only when there is something to check
+            pin_idx = np.array([snap.person_index[p] for p in pin if p in snap.person_index],
+                               dtype=np.int64)
+            pin_ok = eligible_candidates(snap, self.vetting, MissionRules.of(m), exclude,
+                                         within=pin_idx)
+            pinned = snap.person_ids[pin_ok.person_idx].tolist()
+            pinned_groups = [g for g in pin if g in set(pin_ok.group_ids)]
         unknown_pins = sorted(set(pin) - set(pinned) - set(pinned_groups))
         if unknown_pins:
             from graph._errors import ValidationError
