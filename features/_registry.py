@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 __all__ = ["FEATURES", "FEATURE_NAMES", "FeatureSpec", "feature_registry", "FEATURE_SET_VERSION"]
 
 # Bump whenever a feature is added, removed or changes meaning: models record it.
-FEATURE_SET_VERSION = "fs-3"
+# fs-4: a pair tied in several kinds counts its strongest tie (was the sum of its kinds).
+FEATURE_SET_VERSION = "fs-4"
 
 
 @dataclass(frozen=True)

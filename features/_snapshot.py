@@ -91,19 +91,22 @@ class CommunitySnapshot:
         pid = persons["person_id"].to_numpy()
         pindex = {p: i for i, p in enumerate(pid)}
         n = len(pid)
+        person_ids = persons["person_id"]
 
         areas = frames.areas.sort("area_id")
         area_ids = areas["area_id"].to_list()
         aindex = {a: i for i, a in enumerate(area_ids)}
         lat, lon = areas["lat"].to_numpy(), areas["lon"].to_numpy()
         dist = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
-        person_area = np.array([aindex[a] for a in persons["area_id"]], dtype=np.int64)
+        person_area = _positions(persons["area_id"], areas["area_id"], "persons.area_id")
 
-        le_tags = [
-            (t.split(";") if (t and c) else [])
-            for t, c in zip(persons["lived_experience"].to_list(),
-                            persons["consent_lived_experience"].to_list(), strict=True)
-        ]
+        # Lived-experience tags only with consent; none for an empty or missing value.
+        le_tags = persons.select(
+            pl.when(pl.col("consent_lived_experience").fill_null(False)
+                    & (pl.col("lived_experience").fill_null("") != ""))
+            .then(pl.col("lived_experience").str.split(";"))
+            .otherwise(pl.lit([], dtype=pl.List(pl.String)))
+        ).to_series().to_list()
 
         # Verified outcomes (literal count, DESIGN's newcomer definition) and results.
         outs = past.verified_outcomes()
@@ -113,7 +116,7 @@ class CommunitySnapshot:
                      .select("person_id"))
         counts = pl.concat([out_person, out_group]).group_by("person_id").len()
         n_outcomes = np.zeros(n)
-        _scatter(n_outcomes, pindex, counts["person_id"], counts["len"].to_numpy())
+        _scatter(n_outcomes, person_ids, counts["person_id"], counts["len"].to_numpy())
 
         results = assignment_results(past)
         need_index = f.need_index
@@ -123,13 +126,13 @@ class CommunitySnapshot:
         recent_n, recent_s = np.zeros(n), np.zeros(n)
         last = np.full(n, NO_HISTORY_DAYS)
         if results.height:
-            idx = np.array([pindex.get(p, -1) for p in results["person_id"]])
+            idx = _positions(results["person_id"], person_ids, default=-1)
             keep = idx >= 0
             idx = idx[keep]
             succ = results["success"].to_numpy()[keep].astype(float)
-            nidx = np.array([need_index.get(x, -1) for x in results["need_type"]])[keep]
-            age_days = np.array([(as_of - t).total_seconds() / 86400.0
-                                 for t in results["at"].to_list()])[keep]
+            nidx = _positions(results["need_type"], pl.Series(list(need_index), dtype=pl.String),
+                              default=-1, values=list(need_index.values()))[keep]
+            age_days = _days_before(as_of, results["at"])[keep]
             np.add.at(res_n, idx, 1.0)
             np.add.at(res_s, idx, succ)
             ok = nidx >= 0
@@ -140,13 +143,21 @@ class CommunitySnapshot:
             np.add.at(recent_s, idx, decay * succ)
             np.minimum.at(last, idx, age_days)
 
-        # Ties as of t: a symmetric person x person matrix of weights (max over kinds).
+        # Ties as of t: a symmetric person x person matrix of weights, the strongest tie of
+        # each pair over its kinds (a pair may be peers and neighbours): weights stay in
+        # (0, 1], as the features' and the simulator's definitions read them.
         ties = past.ties
-        a = np.array([pindex[x] for x in ties["person_a"]], dtype=np.int64)
-        b = np.array([pindex[x] for x in ties["person_b"]], dtype=np.int64)
-        w = ties["weight"].to_numpy()
-        tie_m = sp.coo_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
-        tie_m.sum_duplicates()
+        a = _positions(ties["person_a"], person_ids, "ties.person_a")
+        b = _positions(ties["person_b"], person_ids, "ties.person_b")
+        pairs = (pl.DataFrame({"lo": np.minimum(a, b), "hi": np.maximum(a, b),
+                               "weight": ties["weight"].to_numpy()})
+                 .group_by("lo", "hi").agg(pl.col("weight").max()))
+        lo, hi = pairs["lo"].to_numpy(), pairs["hi"].to_numpy()
+        w = pairs["weight"].to_numpy()
+        mirror = lo != hi  # a self tie (refused on import) would otherwise count twice
+        tie_m = sp.coo_matrix((np.r_[w, w[mirror]], (np.r_[lo, hi[mirror]], np.r_[hi, lo[mirror]])),
+                              shape=(n, n)).tocsr()
+        tie_m.sort_indices()
 
         # Load: assignments made before t, not declined or withdrawn, on missions running at t.
         missions = (full or frames).missions.select("mission_id", "ends_at")
@@ -159,17 +170,18 @@ class CommunitySnapshot:
             .select("person_id"),
         ]).group_by("person_id").len()
         load = np.zeros(n)
-        _scatter(load, pindex, load_counts["person_id"], load_counts["len"].to_numpy())
+        _scatter(load, person_ids, load_counts["person_id"], load_counts["len"].to_numpy())
 
         skill_names = sorted(f.skill_text)
-        sindex = {s: i for i, s in enumerate(skill_names)}
-        rows, cols = [], []
-        for i, s in enumerate(persons["skills"].to_list()):
-            for tag in (s.split(";") if s else []):
-                if tag in sindex:
-                    rows.append(i)
-                    cols.append(sindex[tag])
-        skills = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(skill_names)))
+        declared_tags = (persons.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+                                        pl.col("skills").str.split(";").alias("tag"))
+                         .explode("tag"))
+        cols = _positions(declared_tags["tag"], pl.Series(skill_names, dtype=pl.String),
+                          default=-1)
+        known = cols >= 0  # tags outside the model's skill vocabulary are ignored
+        skills = sp.csr_matrix((np.ones(int(known.sum())),
+                                (declared_tags["row"].to_numpy()[known], cols[known])),
+                               shape=(n, len(skill_names)))
 
         # Before the model's cut-off, the learned tables are refitted on the results known
         # then, so that no training row learns from its own outcome.
@@ -183,12 +195,13 @@ class CommunitySnapshot:
         latent = np.hstack([model.skill_posterior(need_n, need_s, offset=declared), declared])
 
         # Membership as of t: a member who joins later is not part of the group yet.
-        members: dict[str, list[int]] = {}
-        for g, p in past.group_members.sort("group_id", "person_id").select(
-                "group_id", "person_id").iter_rows():
-            members.setdefault(g, []).append(pindex[p])
-        group_members = {g: np.array(v, dtype=np.int64) for g, v in members.items()
-                         if len(v) >= 2}
+        membership = past.group_members.sort("group_id", "person_id")
+        member_idx = _positions(membership["person_id"], person_ids, "group_members.person_id")
+        group_ids, starts, sizes = np.unique(membership["group_id"].to_numpy(),
+                                             return_index=True, return_counts=True)
+        group_members = {g: member_idx[s:s + k] for g, s, k in
+                         zip(group_ids.tolist(), starts.tolist(), sizes.tolist(), strict=True)
+                         if k >= 2}
 
         # Every assignment made before t, per person (groups exploded to their members):
         # the hard rules read capacity and "once per mission" from it.
@@ -209,8 +222,7 @@ class CommunitySnapshot:
                          pl.col("starts_at").dt.epoch("s").alias("starts"),
                          pl.col("ends_at").dt.epoch("s").alias("ends")))
 
-        tenure = np.array([(as_of - t).total_seconds() / 86400.0
-                           for t in persons["joined_at"].to_list()])
+        tenure = _days_before(as_of, persons["joined_at"])
         return cls(
             as_of=as_of, version=frames.version, person_ids=pid, person_index=pindex,
             area_ids=area_ids, area_index=aindex, person_area=person_area,
@@ -225,9 +237,32 @@ class CommunitySnapshot:
         )
 
 
-def _scatter(target: np.ndarray, index: dict[str, int], keys: pl.Series,
-             values: np.ndarray) -> None:
-    for k, v in zip(keys.to_list(), values, strict=True):
-        i = index.get(k)
-        if i is not None:
-            target[i] = v
+def _positions(keys: pl.Series, ids: pl.Series, where: str = "", *, default: int | None = None,
+               values: list[int] | None = None) -> np.ndarray:
+    """Position of each of ``keys`` in ``ids`` (or its entry of ``values``), as int64.
+
+    Keys not in ``ids`` (and nulls) get ``default``; without a default they raise
+    ``KeyError`` naming ``where`` and the first unknown keys.
+    """
+    new = pl.Series(np.arange(len(ids)) if values is None else values, dtype=pl.Int64)
+    out = keys.replace_strict(ids, new, default=-1 if default is None else default,
+                              return_dtype=pl.Int64)
+    out = out.fill_null(-1 if default is None else default).to_numpy()
+    if default is None and (missing := out < 0).any():
+        unknown = keys.filter(pl.Series(missing)).head(5).to_list()
+        raise KeyError(f"{where}: {int(missing.sum())} value(s) not found, first {unknown}")
+    return out
+
+
+def _days_before(as_of: datetime, times: pl.Series) -> np.ndarray:
+    """Days from each of ``times`` to ``as_of`` (float64, as ``timedelta.total_seconds``)."""
+    # Integer microseconds, then two divisions: the same rounding as the Python loop it replaced.
+    micros = times.to_frame("t").select(
+        (pl.lit(as_of).cast(times.dtype) - pl.col("t")).dt.total_microseconds()).to_series()
+    return micros.to_numpy().astype(np.float64) / 1e6 / 86400.0
+
+
+def _scatter(target: np.ndarray, ids: pl.Series, keys: pl.Series, values: np.ndarray) -> None:
+    """``target[position of key] = value``; keys not in ``ids`` are skipped."""
+    i = _positions(keys, ids, default=-1)
+    target[i[i >= 0]] = values[i >= 0]
