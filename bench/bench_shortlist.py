@@ -13,7 +13,9 @@ persons, 5,000 at 100k, seed 0) is imported once into a SQLite store cached unde
   the graph operators of the snapshot), then for every other mission its *first* request
   (personalised PageRank not cached yet) and ``--repeats`` *repeated* requests (cached
   PageRank, other seeds). For each: median and p90 of the total wall time and of every
-  stage of ``timings_ms`` (filters, retrieval, features, ranking, policy, reasons).
+  stage of ``timings_ms`` (filters, retrieval, features, ranking, policy, reasons), and the
+  same in CPU time (``timings_cpu_ms``, steadier on a loaded machine). ``--no-explain``
+  serves as the platform does (``explain=False``: no reasons, no expected payout).
 
 The last lines give how the cost of one ``/v1/match``-like request (a shortlist) grows from
 the smallest to the largest community of the run (ratio of medians).
@@ -22,6 +24,7 @@ Usage::
 
     python bench/bench_shortlist.py                    # 10k and 100k persons
     python bench/bench_shortlist.py --persons 10000 --profile
+    python bench/bench_shortlist.py --no-explain      # as /v1/match serves (explain=False)
 
 The data are synthetic, not real people: nothing printed here is personal data.
 """
@@ -55,6 +58,9 @@ def _stats(calls: list[dict]) -> dict:
     for key in ("total", *STAGES):
         v = [c[key] for c in calls]
         out[key] = {"median": statistics.median(v), "p90": p90(v)}
+        cpu = [c["cpu"][key] for c in calls if key in c.get("cpu", {})]
+        if cpu:
+            out[key]["cpu_median"], out[key]["cpu_p90"] = statistics.median(cpu), p90(cpu)
     out["n"] = len(calls)
     out["cpu_total_median"] = statistics.median(c["cpu_total"] for c in calls)
     # Peer groups cost features per group: split the features stage by whether any came.
@@ -69,7 +75,8 @@ def _stats(calls: list[dict]) -> dict:
     return out
 
 
-def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool) -> dict:
+def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool,
+        explain: bool = True) -> dict:
     """Measure on an existing store; run in a fresh process per size."""
     import features
     import graph
@@ -92,10 +99,14 @@ def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool) -> dict
     def call(mid: str) -> dict:
         nonlocal seed
         seed += 1
+        kw = {} if explain else {"explain": False}
         with measure("shortlist", (tmp := [])):
-            res = engine.shortlist(mid, k=k, seed=seed)
+            res = engine.shortlist(mid, k=k, seed=seed, **kw)
         s = tmp[0]
-        return {"total": s.seconds * 1e3, "cpu_total": s.cpu_seconds * 1e3,
+        cpu = dict(getattr(res, "timings_cpu_ms", None) or {})
+        if cpu:
+            cpu["total"] = s.cpu_seconds * 1e3
+        return {"total": s.seconds * 1e3, "cpu_total": s.cpu_seconds * 1e3, "cpu": cpu,
                 "peak_growth_mb": s.peak_growth_mb, **res.timings_ms,
                 "eligible": res.filters["eligible_persons"],
                 "eligible_groups": res.filters["eligible_groups"],
@@ -126,11 +137,12 @@ def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool) -> dict
     }
     if do_profile:
         spare = ids[n_served + 1] if len(ids) > n_served + 1 else ids[-1]
+        kw = {} if explain else {"explain": False}
         out["profiles"] = {
             "shortlist, first request of a mission":
-                profile(lambda: engine.shortlist(spare, k=k, seed=10**6)),
+                profile(lambda: engine.shortlist(spare, k=k, seed=10**6, **kw)),
             "shortlist, repeated request":
-                profile(lambda: engine.shortlist(spare, k=k, seed=10**6 + 1)),
+                profile(lambda: engine.shortlist(spare, k=k, seed=10**6 + 1, **kw)),
         }
     store.dispose()
     return out
@@ -149,6 +161,8 @@ def print_report(results: dict[int, dict], info: dict, k: int) -> None:
           f"{info['load_avg_1_5_15']} (other jobs may be running)  python {info['python']}  "
           f"polars {info['polars']}")
     print(f"# code: {info['code']}")
+    if info.get("explain") is False:
+        print("# served with explain=False (no reasons, no expected payout), as /v1/match")
     for n in sizes:
         r = results[n]
         print(f"# {n:,} persons: {r['snapshot_persons']:,} in the snapshot, {r['ties']:,} ties, "
@@ -183,6 +197,15 @@ def print_report(results: dict[int, dict], info: dict, k: int) -> None:
     for n, kind in cols:
         line += f"{results[n][kind]['cpu_total_median']:>20.1f}"
     print(line)
+    if all("cpu_median" in results[n][kind]["total"] for n, kind in cols):
+        print("\nshortlist CPU time, ms (median / p90)")
+        print(f"{'stage':18s}" + "".join(f"{f'{n // 1000}k {kind}':>20s}" for n, kind in cols))
+        for key in ("total", *STAGES):
+            line = f"{key:18s}"
+            for n, kind in cols:
+                q = results[n][kind][key]
+                line += f"{q['cpu_median']:>11.1f} / {q['cpu_p90']:>6.1f}"
+            print(line)
     line = f"{'calls':18s}"
     for n, kind in cols:
         line += f"{results[n][kind]['n']:>20d}"
@@ -233,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile one first and one repeated request")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="serve as the platform does: shortlist(..., explain=False)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--report", type=Path,
                         help="print the report of results saved with --json, measure nothing")
@@ -244,10 +269,12 @@ def main(argv: list[str] | None = None) -> None:
                      saved.get("k", args.k))
         return
     if args.measure:
-        res = run(args.measure, args.missions_served, args.repeats, args.k, args.profile)
+        res = run(args.measure, args.missions_served, args.repeats, args.k, args.profile,
+                  explain=not args.no_explain)
         print(json.dumps(res))
         return
     info = machine()
+    info["explain"] = not args.no_explain
     results = {}
     for n in args.persons:
         db, built = community_store(n, args.missions, args.seed,
@@ -256,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         res = run_measure(__file__, [
             "--measure", str(db), "--missions-served", str(args.missions_served),
             "--repeats", str(args.repeats), "-k", str(args.k),
-            *(["--profile"] if args.profile else [])])
+            *(["--profile"] if args.profile else []),
+            *(["--no-explain"] if args.no_explain else [])])
         res["store"] = (f"{'reused' if built['reused'] else 'built'}: simulate "
                         f"{built['simulate_s']:.0f} s + import {built['import_s']:.0f} s, "
                         f"{args.missions or default_missions(n)} missions")

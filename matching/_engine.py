@@ -44,6 +44,7 @@ from matching._rules import (
     Eligibility,
     MissionRules,
     VettingIndex,
+    _ranges,
     eligible_candidates,
     incomplete_groups,
 )
@@ -100,6 +101,9 @@ class ShortlistConfig:
 
 @dataclass
 class Candidate:
+    """One served candidate. ``expected_payout`` is NaN and ``reasons`` empty when the list
+    was served with ``explain=False`` (the platform's view)."""
+
     kind: str
     candidate_id: str
     members: list[str]
@@ -113,6 +117,9 @@ class Candidate:
 
 @dataclass
 class ShortlistResult:
+    """A served list, what filtered it, and the time each stage took (``timings_ms`` wall,
+    ``timings_cpu_ms`` CPU of the process)."""
+
     mission_id: str
     candidates: list[Candidate]
     model_version: str
@@ -121,6 +128,7 @@ class ShortlistResult:
     served_at: datetime
     timings_ms: dict[str, float]
     scored: pl.DataFrame | None = None
+    timings_cpu_ms: dict[str, float] = field(default_factory=dict)
 
 
 class MatchingEngine:
@@ -191,26 +199,39 @@ class MatchingEngine:
         own best ``pool_size`` of them. The cheap score alone misses too many of a learned
         ranker's top candidates (tests/matching/test_retrieval.py measures the recall).
         """
+        idx, groups, _ = self._retrieve(mission, eligibility, pool_size)
+        return idx, groups
+
+    def _retrieve(self, mission: dict, eligibility: Eligibility, pool_size: int | None = None
+                  ) -> tuple[np.ndarray, list[str], pl.DataFrame | None]:
+        """:meth:`retrieve`, plus the features of the persons kept (rows in ``idx`` order)
+        when the ranker's cut computed them, so that the features stage does not again."""
         pool_size = pool_size or self.config.pool_size
         idx = eligibility.person_idx
         prefilter = max(pool_size, self.config.prefilter_size)
+        kept = None
         if len(idx) > prefilter:
             s = cheap_scores(self.retrieval, idx, mission["need_type"], mission["area_id"])
             keep = np.argpartition(-s, prefilter - 1)[:prefilter]
             idx = np.sort(idx[keep])
         if len(idx) > pool_size:
-            p = self.score(mission, idx, [])["p_success"].to_numpy()
-            keep = np.argsort(-p, kind="stable")[:pool_size]
-            idx = np.sort(idx[keep])
+            scored = self.score(mission, idx, [])
+            p = scored["p_success"].to_numpy()
+            keep = np.sort(np.argsort(-p, kind="stable")[:pool_size])
+            idx = idx[keep]  # idx is sorted, so are its kept rows
+            kept = scored.drop("p_success")[keep]
         groups = eligibility.group_ids
         if len(groups) > self.config.max_groups:
-            snap = self.snapshot
-            gs = np.array([cheap_scores(self.retrieval, snap.group_members[g],
-                                        mission["need_type"], mission["area_id"]).mean()
-                           for g in groups])
+            # One cheap score over every member of every group, averaged per group.
+            members = [self.snapshot.group_members[g] for g in groups]
+            sizes = np.array([len(m) for m in members])
+            s = cheap_scores(self.retrieval, np.concatenate(members), mission["need_type"],
+                             mission["area_id"])
+            gs = np.bincount(np.repeat(np.arange(len(groups)), sizes), weights=s,
+                             minlength=len(groups)) / np.maximum(sizes, 1)
             keep = np.argsort(-gs, kind="stable")[: self.config.max_groups]
             groups = sorted(groups[i] for i in keep)
-        return idx, groups
+        return idx, groups, kept
 
     def score(self, mission: dict, person_idx: np.ndarray, group_ids: Sequence[str]
               ) -> pl.DataFrame:
@@ -227,7 +248,8 @@ class MatchingEngine:
     def shortlist(self, mission_id: str | None = None, k: int = 10, *,
                   mission: dict | None = None, exclude: Iterable[str] = (),
                   pin: Sequence[str] = (), seed: int | None = None,
-                  allow_special_category: bool = False) -> ShortlistResult:
+                  allow_special_category: bool = False, explain: bool = True
+                  ) -> ShortlistResult:
         """Rank persons and peer groups together for a mission.
 
         Parameters
@@ -247,14 +269,23 @@ class MatchingEngine:
         allow_special_category : bool
             The caller may read reasons derived from lived experience (``engineer`` scope);
             such a reason is still shown only for persons who consented to its use.
+        explain : bool
+            Compute what only a mission engineer reads: the reasons and the expected payout
+            of each candidate. The platform's view (``POST /v1/match``) passes False; the
+            list, its scores and propensities are the same either way for the same seed.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        t0 = time.perf_counter()
+        wall, cpu = [time.perf_counter()], [time.process_time()]
+
+        def lap() -> None:
+            wall.append(time.perf_counter())
+            cpu.append(time.process_time())
+
         m = mission if mission is not None else self.mission(mission_id)
         eligibility = self.eligible(m, exclude)
-        t1 = time.perf_counter()
-        idx, groups = self.retrieve(m, eligibility)
+        lap()
+        idx, groups, kept = self._retrieve(m, eligibility)
         # Pins pass the hard rules like anyone else, wherever retrieval would have cut.
         snap = self.snapshot
         pinned: list[str] = []
@@ -263,7 +294,7 @@ class MatchingEngine:
             pin_idx = np.array([snap.person_index[p] for p in pin if p in snap.person_index],
                                dtype=np.int64)
             pin_ok = eligible_candidates(snap, self.vetting, MissionRules.of(m), exclude,
-                                         within=pin_idx)
+                                         within=pin_idx, group_ids=pin)
             pinned = snap.person_ids[pin_ok.person_idx].tolist()
             pinned_groups = [g for g in pin if g in set(pin_ok.group_ids)]
         unknown_pins = sorted(set(pin) - set(pinned) - set(pinned_groups))
@@ -272,47 +303,75 @@ class MatchingEngine:
 
             raise ValidationError(f"pinned candidates are not eligible for this mission: "
                                   f"{unknown_pins}")
+        extra = np.zeros(0, dtype=np.int64)
         if pinned:
-            idx = np.union1d(idx, [self.snapshot.person_index[p] for p in pinned])
+            extra = np.setdiff1d([snap.person_index[p] for p in pinned], idx)
+            idx = np.union1d(idx, extra)
         groups = sorted(set(groups) | set(pinned_groups))
-        t2 = time.perf_counter()
-        mission_spec = MissionSpec.of(m)
-        feats = build_features(self.feature_model, self.snapshot, mission_spec,
-                               self.snapshot.person_ids[idx].tolist(), groups)
-        t3 = time.perf_counter()
+        lap()
+        feats = self._features(m, idx, groups, kept, extra)
+        lap()
         p = (np.asarray(self.ranker.predict_proba(feats), dtype=float) if feats.height
              else np.zeros(0))
-        t4 = time.perf_counter()
+        lap()
         rng_seed = seed if seed is not None else int.from_bytes(np.random.bytes(4), "little")
         chosen, propensity = self._policy(m, feats, p, k, pinned + pinned_groups, rng_seed)
-        t5 = time.perf_counter()
-        rule = PayRule.of(m)
-        payouts = np.asarray(self.ranker.expected_payout(p, rule), dtype=float) if len(p) else p
+        lap()
+        newcomer = self._newcomer_mask(feats)
+        if explain and len(chosen):
+            payouts = np.asarray(self.ranker.expected_payout(p[chosen], PayRule.of(m)),
+                                 dtype=float)
+            reasons = self._reasons_of(feats, chosen, allow_special_category)
+        else:
+            payouts = np.full(len(chosen), np.nan)
+            reasons = [[] for _ in chosen]
+        kinds, ids = feats["kind"], feats["candidate_id"]
         candidates = []
         for rank, i in enumerate(chosen, start=1):
-            row = feats.row(i, named=True)
-            members = self._members(row["kind"], row["candidate_id"])
+            kind, cid = kinds[i], ids[i]
             candidates.append(Candidate(
-                kind=row["kind"], candidate_id=row["candidate_id"], members=members,
+                kind=kind, candidate_id=cid, members=self._members(kind, cid),
                 rank=rank, score=float(p[i]), propensity=float(propensity[i]),
-                expected_payout=float(payouts[i]),
-                newcomer=bool(self._newcomer_mask(feats)[i]),
-                reasons=self._reasons(feats, i, members, allow_special_category),
+                expected_payout=float(payouts[rank - 1]), newcomer=bool(newcomer[i]),
+                reasons=reasons[rank - 1],
             ))
-        t6 = time.perf_counter()
+        lap()
         filters = eligibility.filters_applied()
         filters.update({"exclude": sorted(set(exclude)), "pin": list(pin),
                         "retrieved_persons": int(len(idx)), "retrieved_groups": len(groups)})
+        stages = ("filters", "retrieval", "features", "ranking", "policy", "reasons")
         return ShortlistResult(
             mission_id=m["mission_id"], candidates=candidates,
             model_version=str(getattr(self.ranker, "version", "unknown")),
             policy=self.policy_name(m), filters=filters, served_at=datetime.now(UTC),
-            timings_ms={"filters": 1e3 * (t1 - t0), "retrieval": 1e3 * (t2 - t1),
-                        "features": 1e3 * (t3 - t2), "ranking": 1e3 * (t4 - t3),
-                        "policy": 1e3 * (t5 - t4), "reasons": 1e3 * (t6 - t5)},
+            timings_ms={s: 1e3 * (wall[i + 1] - wall[i]) for i, s in enumerate(stages)},
+            timings_cpu_ms={s: 1e3 * (cpu[i + 1] - cpu[i]) for i, s in enumerate(stages)},
             scored=feats.with_columns(pl.Series("p_success", p),
                                       pl.Series("propensity", propensity)),
         )
+
+    def _features(self, mission: dict, idx: np.ndarray, groups: list[str],
+                  kept: pl.DataFrame | None, extra: np.ndarray) -> pl.DataFrame:
+        """Features of the persons ``idx`` (in that order), then of ``groups``.
+
+        ``kept`` holds the rows retrieval already computed for ``idx`` less ``extra`` (pinned
+        persons it had cut), in order; only the rest is computed here. A person's features
+        do not depend on the other candidates, so the rows are those a fresh call gives.
+        """
+        snap, spec = self.snapshot, MissionSpec.of(mission)
+        if kept is None:
+            return build_features(self.feature_model, snap, spec,
+                                  snap.person_ids[idx].tolist(), groups)
+        parts = [kept]
+        if len(extra):
+            pins = build_features(self.feature_model, snap, spec,
+                                  snap.person_ids[extra].tolist(), [])
+            order = np.argsort(np.concatenate([np.setdiff1d(idx, extra), extra]),
+                               kind="stable")
+            parts = [pl.concat([kept, pins], how="vertical_relaxed")[order]]
+        if groups:
+            parts.append(build_features(self.feature_model, snap, spec, [], groups))
+        return pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
 
     def policy_name(self, mission: dict) -> str:
         c = self.config
@@ -327,17 +386,31 @@ class MatchingEngine:
             return [cid]
         return self.snapshot.person_ids[self.snapshot.group_members[cid]].tolist()
 
-    def _newcomer_mask(self, feats: pl.DataFrame) -> np.ndarray:
-        cache = getattr(self, "_nc_cache", None)
+    def _candidate_members(self, feats: pl.DataFrame
+                           ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """Per row of ``feats``: its persons (snapshot indices), and the same flattened with
+        the number per row. Cached for the last frame (the policy and the list read it)."""
+        cache = getattr(self, "_members_cache", None)
         if cache is not None and cache[0] is feats:
             return cache[1]
-        snap, c = self.snapshot, self.config
-        out = np.zeros(feats.height, dtype=bool)
-        for i, (kind, cid) in enumerate(feats.select("kind", "candidate_id").iter_rows()):
-            idx = ([snap.person_index[cid]] if kind == "person" else snap.group_members[cid])
-            out[i] = bool((snap.n_outcomes[idx] < c.newcomer_outcomes).any())
-        self._nc_cache = (feats, out)
+        snap = self.snapshot
+        member_idx = [[snap.person_index[cid]] if kind == "person"
+                      else snap.group_members[cid].tolist()
+                      for kind, cid in zip(feats["kind"].to_list(),
+                                           feats["candidate_id"].to_list(), strict=True)]
+        sizes = np.array([len(m) for m in member_idx], dtype=np.int64)
+        flat = np.fromiter((x for m in member_idx for x in m), dtype=np.int64,
+                           count=int(sizes.sum()))
+        out = (member_idx, flat, sizes)
+        self._members_cache = (feats, out)
         return out
+
+    def _newcomer_mask(self, feats: pl.DataFrame) -> np.ndarray:
+        """Per row of ``feats``: does the candidate have a newcomer in it?"""
+        _, flat, sizes = self._candidate_members(feats)
+        new = self.snapshot.n_outcomes[flat] < self.config.newcomer_outcomes
+        return np.bincount(np.repeat(np.arange(len(sizes)), sizes), weights=new,
+                           minlength=len(sizes)) > 0
 
     def _policy(self, mission: dict, feats: pl.DataFrame, p: np.ndarray, k: int,
                 pinned: Sequence[str], seed: int) -> tuple[list[int], np.ndarray]:
@@ -356,14 +429,8 @@ class MatchingEngine:
         snap = self.snapshot
         vetted = bool(mission.get("vetting_regime"))
         share = min(c.newcomer_share, c.vetted_newcomer_share) if vetted else c.newcomer_share
-        kinds = feats["kind"].to_list()
         ids = feats["candidate_id"].to_list()
-        member_idx = [([snap.person_index[cid]] if kd == "person"
-                       else snap.group_members[cid].tolist()) for kd, cid in zip(kinds, ids,
-                                                                                 strict=True)]
-        sizes = np.array([len(m) for m in member_idx])
-        flat = np.fromiter((x for m in member_idx for x in m), dtype=np.int64,
-                           count=int(sizes.sum()))
+        member_idx, flat, sizes = self._candidate_members(feats)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         outcomes = np.add.reduceat(snap.n_outcomes[flat], starts)
         newcomer = self._newcomer_mask(feats)
@@ -374,7 +441,10 @@ class MatchingEngine:
         pc = np.clip(p, 1e-4, 1 - 1e-4)
         rng = np.random.default_rng(seed)
         draws = rng.beta(pc * strength, (1 - pc) * strength, size=(c.mc_draws, n))
-        pinned_pos = [ids.index(x) for x in pinned if x in ids]
+        position: dict[str, int] = {}
+        for i, x in enumerate(ids):
+            position.setdefault(x, i)
+        pinned_pos = [position[x] for x in pinned if x in position]
         n_new = int(round(share * k))
         pins = list(dict.fromkeys(pinned_pos))[:k]
         lists = np.hstack([np.broadcast_to(np.array(pins, dtype=np.int64),
@@ -385,9 +455,10 @@ class MatchingEngine:
         served: list[int] = lists[0].tolist()
         if broken.any():
             rows, cols = np.nonzero(linked)
-            tied = np.split(cols, np.searchsorted(rows, np.arange(1, n)))
+            tied = [t.tolist() for t in np.split(cols, np.searchsorted(rows, np.arange(1, n)))]
+            is_new = newcomer.tolist()
             for d in np.flatnonzero(broken):
-                pick = _greedy(draws[d], k, newcomer, n_new, member_idx, tied,
+                pick = _greedy(draws[d], k, is_new, n_new, member_idx, tied,
                                c.max_per_cluster, pinned_pos)
                 counts[pick] += 1
                 if d == 0:
@@ -402,48 +473,95 @@ class MatchingEngine:
                            ) -> tuple[np.ndarray, np.ndarray]:
         """Between candidates (persons ``flat``, ``sizes`` per candidate), as dense boolean
         matrices with a false diagonal: ``linked``, a strong tie (weight >= ``strong_tie``)
-        joins one's person to the other's; ``shared``, they have a person in common."""
+        joins one's person to the other's; ``shared``, they have a person in common.
+
+        Read from the rows of the candidates' persons in the tie matrix only (a lookup of
+        their columns among those persons), not from a column slice of the whole matrix.
+        """
         n = len(sizes)
+        owner = np.repeat(np.arange(n), sizes)
         persons, local = np.unique(flat, return_inverse=True)
-        sub = self.snapshot.ties[persons][:, persons]
-        strong = sp.csr_matrix(sub >= self.config.strong_tie, dtype=np.float64)
-        incidence = sp.csr_matrix((np.ones(len(flat)), (np.repeat(np.arange(n), sizes), local)),
-                                  shape=(n, len(persons)))
-        linked = (incidence @ strong @ incidence.T).toarray() > 0
-        shared = (incidence @ incidence.T).toarray() > 0
+        # Candidates of each person (most persons are in one: alone, or in one group).
+        by_person = np.argsort(local, kind="stable")
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(local, minlength=len(persons)))])
+        cand_of = owner[by_person]
+
+        ties = self.snapshot.ties
+        lo, hi = ties.indptr[persons], ties.indptr[persons + 1]
+        rows, row_owner = _ranges(lo, hi)
+        cols, weight = ties.indices[rows], ties.data[rows]
+        at = np.minimum(np.searchsorted(persons, cols), len(persons) - 1)
+        hit = (persons[at] == cols) & (weight >= self.config.strong_tie)
+        linked = self._pairs(row_owner[hit], at[hit], ptr, cand_of, n)
+        same = np.arange(len(persons))
+        shared = self._pairs(same, same, ptr, cand_of, n)
         np.fill_diagonal(linked, False)
         np.fill_diagonal(shared, False)
         return linked, shared
 
+    @staticmethod
+    def _pairs(a: np.ndarray, b: np.ndarray, ptr: np.ndarray, cand_of: np.ndarray, n: int
+               ) -> np.ndarray:
+        """Dense ``n x n`` mask of the candidate pairs (one holding person ``a[e]``, the
+        other ``b[e]``) over the person pairs ``e``; ``ptr``/``cand_of``: candidates of each
+        person, CSR."""
+        out = np.zeros((n, n), dtype=bool)
+        first, pair = _ranges(ptr[a], ptr[a + 1])
+        second, which = _ranges(ptr[b[pair]], ptr[b[pair] + 1])
+        out[cand_of[first[which]], cand_of[second]] = True
+        return out
+
     def _reasons(self, feats: pl.DataFrame, i: int, members: list[str],
                  allow_special: bool) -> list[str]:
+        """Up to three reasons for row ``i`` of ``feats`` (persons ``members``)."""
+        return self._reasons_of(feats, [i], allow_special,
+                                [[self.snapshot.person_index[m] for m in members]])[0]
+
+    def _reasons_of(self, feats: pl.DataFrame, rows: Sequence[int], allow_special: bool,
+                    members: Sequence[Sequence[int]] | None = None) -> list[list[str]]:
+        """Up to three reasons per row of ``rows``: the features where it stands out (z > 0.5
+        against this request's candidates), one per family, strongest first. The mean and
+        spread of each feature are computed once per request, not once per row.
+
+        ``members`` gives each row's persons (snapshot indices); default the candidates'.
+        """
         snap = self.snapshot
-        consent = all(
-            bool(snap.le_tags[snap.person_index[m]]) for m in members
-        )  # tags are stored only with consent: no tags, no lived-experience reason
-        out = []
+        stats = []
         for f in _REASON_FEATURES:
-            if f.special_category and not (allow_special and consent):
-                continue
             col = feats[f.name].to_numpy().astype(float)
-            if not np.isfinite(col[i]):
+            if not np.isfinite(col).any():
                 continue
             std = np.nanstd(col)
             if std <= 1e-12:
                 continue
-            z = (col[i] - np.nanmean(col)) / std
-            if f.name in _LOWER_IS_BETTER:
-                z = -z
-            if z > 0.5:
-                out.append((z, f.family, f.reason))
-        out.sort(key=lambda t: -t[0])
-        # One reason per family: "lives in the neighbourhood" and "lives nearby" say one thing.
-        reasons, families = [], set()
-        for _, family, reason in out:
-            if family not in families:
-                families.add(family)
-                reasons.append(reason)
-        return reasons[:3]
+            sign = -1.0 if f.name in _LOWER_IS_BETTER else 1.0
+            stats.append((f, col, np.nanmean(col), std, sign))
+        if members is None:
+            member_idx = self._candidate_members(feats)[0]
+            members = [member_idx[i] for i in rows]
+        out = []
+        for i, persons in zip(rows, members, strict=True):
+            # Tags are stored only with consent: no tags, no lived-experience reason.
+            consent = all(bool(snap.le_tags[j]) for j in persons)
+            found = []
+            for f, col, mean, std, sign in stats:
+                if f.special_category and not (allow_special and consent):
+                    continue
+                if not np.isfinite(col[i]):
+                    continue
+                z = sign * (col[i] - mean) / std
+                if z > 0.5:
+                    found.append((z, f.family, f.reason))
+            found.sort(key=lambda t: -t[0])
+            # One reason per family: "lives in the neighbourhood" and "lives nearby" say one
+            # thing.
+            reasons, families = [], set()
+            for _, family, reason in found:
+                if family not in families:
+                    families.add(family)
+                    reasons.append(reason)
+            out.append(reasons[:3])
+        return out
 
 
 def _best_of_draws(draws: np.ndarray, places: int, newcomer: np.ndarray, n_new: int,
@@ -486,20 +604,26 @@ def _breaks_rules(lists: np.ndarray, linked: np.ndarray, shared: np.ndarray, cap
     if m < 2:
         return np.zeros(n_draws, dtype=bool)
     rows, cols = lists[:, :, None], lists[:, None, :]
-    broken = shared[rows, cols].any(axis=(1, 2))
-    d, i, j = np.nonzero(linked[rows, cols])
+    broken = (shared[rows, cols].any(axis=(1, 2)) if shared.any()
+              else np.zeros(n_draws, dtype=bool))
+    sub = linked[rows, cols]
+    # A component of more than ``cap`` candidates holds at least ``cap`` links: only lists
+    # with that many are searched for components.
+    check = np.flatnonzero(sub.sum(axis=(1, 2)) >= cap if cap >= 1
+                           else np.full(n_draws, sub.any()))
+    d, i, j = np.nonzero(sub[check])
     if len(d):
-        # Components of every draw's list at once: one graph of n_draws * m nodes.
-        nodes = n_draws * m
+        # Components of those lists at once: one graph of len(check) * m nodes.
+        nodes = len(check) * m
         g = sp.csr_matrix((np.ones(len(d)), (d * m + i, d * m + j)), shape=(nodes, nodes))
         _, label = connected_components(g, directed=False)
-        size = np.bincount(label)[label].reshape(n_draws, m)
-        broken |= (size > cap).any(axis=1)
+        size = np.bincount(label)[label].reshape(len(check), m)
+        broken[check] |= (size > cap).any(axis=1)
     return broken
 
 
-def _greedy(theta: np.ndarray, k: int, newcomer: np.ndarray, n_new: int,
-            member_idx: list[list[int]], tied: list[np.ndarray], cap: int,
+def _greedy(theta: np.ndarray, k: int, newcomer: Sequence[bool], n_new: int,
+            member_idx: list[list[int]], tied: list[list[int]], cap: int,
             pinned: Sequence[int]) -> list[int]:
     """One draw of the policy: pins, then the reserved newcomer places, then the rest.
 
@@ -522,12 +646,13 @@ def _greedy(theta: np.ndarray, k: int, newcomer: np.ndarray, n_new: int,
     def take(i: int, force: bool = False) -> bool:
         if i in parent or used.intersection(member_idx[i]):
             return False
-        roots = {root(int(j)) for j in tied[i] if int(j) in parent}
-        if not force and 1 + sum(size[r] for r in roots) > cap:
+        roots = {root(j) for j in tied[i] if j in parent}
+        grown = 1 + sum(size[r] for r in roots)
+        if not force and grown > cap:
             return False
         chosen.append(i)
         used.update(member_idx[i])
-        parent[i], size[i] = i, 1 + sum(size[r] for r in roots)
+        parent[i], size[i] = i, grown
         for r in roots:
             parent[r] = i
         return True
@@ -535,16 +660,16 @@ def _greedy(theta: np.ndarray, k: int, newcomer: np.ndarray, n_new: int,
     for i in pinned:
         if len(chosen) < k:
             take(i, force=True)
-    order = np.argsort(-theta, kind="stable")
+    order = np.argsort(-theta, kind="stable").tolist()
     if n_new:
         got = sum(bool(newcomer[i]) for i in chosen)
         for i in order:
             if got >= n_new or len(chosen) >= k:
                 break
-            if newcomer[i] and take(int(i)):
+            if newcomer[i] and take(i):
                 got += 1
     for i in order:
         if len(chosen) >= k:
             break
-        take(int(i))
+        take(i)
     return chosen

@@ -43,11 +43,27 @@ class RetrievalIndex:
         f = model._check()
         needs = sorted(f.need_index, key=f.need_index.get)
         # Lived-experience affinity per person and need, faded: the same numbers le_fit uses.
+        # Computed once per distinct set of tags (there are few), then gathered per person.
         w = le_weight(snap.n_outcomes)
         self.le = np.zeros((len(snap.person_ids), len(needs)))
+        tag_sets: dict[tuple[str, ...], int] = {}
+        rows, codes = [], []
         for i, tags in enumerate(snap.le_tags):
             if tags and w[i] > 0:
-                self.le[i] = w[i] * np.array([model.le_affinity(tags, n) for n in needs])
+                rows.append(i)
+                codes.append(tag_sets.setdefault(tuple(tags), len(tag_sets)))
+        if rows:
+            affinity = np.array([[model.le_affinity(list(tags), n) for n in needs]
+                                 for tags in tag_sets])
+            self.le[rows] = w[rows, None] * affinity[codes]
+        self._succeeded: dict[int, np.ndarray] = {}
+
+    def succeeded(self, j: int) -> np.ndarray:
+        """Per person: 1.0 if they succeeded on need ``j`` before the snapshot (cached)."""
+        out = self._succeeded.get(j)
+        if out is None:
+            out = self._succeeded[j] = (self.snap.need_s[:, j] > 0).astype(float)
+        return out
 
     def areas_for(self, area_id: str, radius_km: float | None) -> np.ndarray:
         """Area indices a mission draws from: within its radius, else the nearest ones."""
@@ -88,7 +104,7 @@ def cheap_scores(index: RetrievalIndex, idx: np.ndarray, need_type: str, area_id
     else:
         on_need = (snap.need_s[idx, j] + k * p_need) / (snap.need_n[idx, j] + k)
         le = index.le[idx, j]
-        succeeded = (snap.need_s[:, j] > 0).astype(float)
+        succeeded = index.succeeded(j)
     peers = snap.ties[idx] @ succeeded
     a = snap.area_index.get(area_id)
     dist = snap.area_distance_km[snap.person_area[idx], a] if a is not None else 0.0

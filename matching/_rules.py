@@ -60,7 +60,8 @@ class MissionRules:
 
 
 class VettingIndex:
-    """Valid vetting records per regime, as arrays, for a per-request date check."""
+    """Valid vetting records per regime, as arrays sorted by person, for a per-request date
+    check of the persons asked about only."""
 
     def __init__(self, vetting: pl.DataFrame, person_index: dict[str, int]) -> None:
         valid = vetting.filter(pl.col("status") == "valid")
@@ -70,7 +71,9 @@ class VettingIndex:
             keep = idx >= 0
             start = rows["valid_from"].dt.epoch("s").to_numpy()[keep]
             end = rows["expires_at"].dt.epoch("s").fill_null(np.iinfo(np.int64).max)
-            self._by_regime[regime] = (idx[keep], start, end.to_numpy()[keep])
+            end = end.to_numpy()[keep]
+            order = np.argsort(idx[keep], kind="stable")
+            self._by_regime[regime] = (idx[keep][order], start[order], end[order])
 
     def vetted(self, regime: str, n_persons: int, starts_at: datetime,
                ends_at: datetime) -> np.ndarray:
@@ -82,6 +85,20 @@ class VettingIndex:
         ok = (start <= starts_at.timestamp()) & (end >= ends_at.timestamp())
         mask[idx[ok]] = True
         return mask
+
+    def vetted_among(self, regime: str, person_idx: np.ndarray, starts_at: datetime,
+                     ends_at: datetime) -> np.ndarray:
+        """:meth:`vetted` for the persons ``person_idx`` only (a mask aligned with it): reads
+        their own records, whatever the size of the community."""
+        person_idx = np.asarray(person_idx, dtype=np.int64)
+        if regime not in self._by_regime:
+            return np.zeros(len(person_idx), dtype=bool)
+        idx, start, end = self._by_regime[regime]
+        lo = np.searchsorted(idx, person_idx, side="left")
+        hi = np.searchsorted(idx, person_idx, side="right")
+        rows, owner = _ranges(lo, hi)
+        ok = (start[rows] <= starts_at.timestamp()) & (end[rows] >= ends_at.timestamp())
+        return np.bincount(owner[ok], minlength=len(person_idx)) > 0
 
 
 def incomplete_groups(frames: CommunityFrames, snap: CommunitySnapshot) -> frozenset[str]:
@@ -113,8 +130,12 @@ class Eligibility:
 
 def eligible_candidates(snap: CommunitySnapshot, vetting: VettingIndex, mission: MissionRules,
                         exclude: Iterable[str] = (), within: np.ndarray | None = None,
-                        ) -> Eligibility:
+                        group_ids: Iterable[str] | None = None) -> Eligibility:
     """Persons (as snapshot indices) and peer groups that pass every hard rule.
+
+    The cost grows with the persons and groups checked, not with the community: the rules
+    read per-person arrays at the persons' indices, and the groups through indexes built
+    once per snapshot (:class:`_RuleIndex`).
 
     Parameters
     ----------
@@ -127,50 +148,151 @@ def eligible_candidates(snap: CommunitySnapshot, vetting: VettingIndex, mission:
     exclude : iterable of str
         Person or group ids a mission engineer excluded.
     within : array of int, optional
-        Restrict the check to these person indices (retrieval's pool); default everyone.
-    """
-    n = len(snap.person_ids)
-    exclude = set(exclude)
-    pool = np.ones(n, dtype=bool)
-    if within is not None:
-        pool = np.zeros(n, dtype=bool)
-        pool[within] = True
-    excluded: dict[str, int] = {}
-    mask = _person_mask(snap, vetting, mission, exclude, pool, excluded)
+        Restrict the check to these person indices (retrieval's pool) and to the groups with
+        a member among them; default everyone and every group.
+    group_ids : iterable of str, optional
+        Check these groups (ids not in the snapshot are ignored) instead of the ones
+        ``within`` selects.
 
-    # A group is checked on all its members, in the pool or not: fail closed.
-    members_needed = np.zeros(n, dtype=bool)
-    for members in snap.group_members.values():
-        members_needed[members] = True
-    member_ok = _person_mask(snap, vetting, mission, exclude, members_needed, {})
+    Notes
+    -----
+    A group is checked on all its members, in ``within`` or not: it fails closed when any
+    member fails a person rule. With ``within``, the result is the full community's
+    restricted to ``within`` and to the groups with a member in it (or to ``group_ids``).
+    """
+    index = _rule_index(snap)
+    exclude = set(exclude)
+    excluded_persons = np.array(sorted(snap.person_index[x] for x in exclude
+                                       if x in snap.person_index), dtype=np.int64)
+    if within is None:
+        idx = np.arange(len(snap.person_ids), dtype=np.int64)
+    else:
+        idx = np.unique(np.asarray(within, dtype=np.int64))
+    excluded: dict[str, int] = {}
+    ok = _persons_ok(snap, index, vetting, mission, exclude, excluded_persons, idx, excluded)
+    person_idx = idx[ok]
+
+    # Candidate groups, as positions in the index.
+    if group_ids is not None:
+        cand = np.array(sorted({index.group_pos[g] for g in group_ids if g in index.group_pos}),
+                        dtype=np.int64)
+    elif within is None:
+        cand = np.arange(len(index.group_ids), dtype=np.int64)
+    else:
+        rows, _ = _ranges(index.person_group_ptr[idx], index.person_group_ptr[idx + 1])
+        cand = np.unique(index.person_groups[rows])
+    if exclude:
+        cand = cand[~np.isin(cand, [index.group_pos[g] for g in exclude
+                                    if g in index.group_pos])]
     # Groups with a member who has not joined yet (as of the snapshot): the group that will
     # take the mission is not the one the snapshot holds. Fail closed (docs/simulator.md,
     # rule 8: every member's joined_at <= t).
-    incomplete = snap.extras.get(INCOMPLETE_GROUPS, frozenset())
-    groups = []
-    wrong_size = members_fail = not_joined = 0
-    for g, members in snap.group_members.items():
-        if g in exclude:
-            continue
-        if g in incomplete:
-            not_joined += 1
-            continue
-        if not mission.team_min <= len(members) <= mission.team_max:
-            wrong_size += 1
-            continue
-        if not member_ok[members].all():
-            members_fail += 1
-            continue
-        groups.append(g)
+    late = index.incomplete[cand]
+    not_joined = int(late.sum())
+    cand = cand[~late]
+    size = index.group_size[cand]
+    fits = (mission.team_min <= size) & (size <= mission.team_max)
+    wrong_size = int((~fits).sum())
+    cand = cand[fits]
+    # Every member of every group still standing, checked once per distinct person.
+    rows, owner = _ranges(index.member_ptr[cand], index.member_ptr[cand + 1])
+    persons, local = np.unique(index.members[rows], return_inverse=True)
+    member_ok = _persons_ok(snap, index, vetting, mission, exclude, excluded_persons,
+                            persons, None)
+    failing = np.bincount(owner[~member_ok[local]], minlength=len(cand)) > 0
+    members_fail = int(failing.sum())
+    groups = sorted(index.group_ids[cand[~failing]].tolist())
     excluded["group_team_size"] = wrong_size
     excluded["group_member_ineligible"] = members_fail
     excluded["group_member_not_joined"] = not_joined
 
     if not mission.team_min <= 1 <= mission.team_max:
-        excluded["team_size"] = int(mask.sum())
-        mask[:] = False
-    return Eligibility(person_idx=np.flatnonzero(mask), group_ids=sorted(groups),
-                       excluded=excluded)
+        excluded["team_size"] = int(len(person_idx))
+        person_idx = person_idx[:0]
+    return Eligibility(person_idx=person_idx, group_ids=groups, excluded=excluded)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions ``lo[i]:hi[i]`` of every ``i``, concatenated, and the ``i`` of each."""
+    lo = np.asarray(lo, dtype=np.int64)
+    counts = np.asarray(hi, dtype=np.int64) - lo
+    owner = np.repeat(np.arange(len(lo)), counts)
+    starts = np.cumsum(counts) - counts
+    rows = np.arange(int(counts.sum()), dtype=np.int64) - starts[owner] + lo[owner]
+    return rows, owner
+
+
+class _RuleIndex:
+    """What the hard rules read of a snapshot, indexed once so that a request touches only
+    the persons and groups it checks.
+
+    - groups: ids, sizes, members as a CSR (``member_ptr``, ``members``) and the reverse,
+      each person's groups (``person_group_ptr``, ``person_groups``); whether a group is
+      incomplete (:func:`incomplete_groups`);
+    - holds (``snap.holds``) sorted by person (``hold_ptr``), with their windows, whether
+      they are live (not declined or withdrawn) and their mission as an integer code.
+    """
+
+    def __init__(self, snap: CommunitySnapshot, incomplete: frozenset[str]) -> None:
+        n = len(snap.person_ids)
+        self.incomplete_source = incomplete
+        self.group_ids = np.array(list(snap.group_members), dtype=object)
+        self.group_pos = {g: i for i, g in enumerate(self.group_ids.tolist())}
+        members = list(snap.group_members.values())
+        self.group_size = np.array([len(m) for m in members], dtype=np.int64)
+        self.member_ptr = np.concatenate([[0], np.cumsum(self.group_size)]).astype(np.int64)
+        self.members = (np.concatenate(members).astype(np.int64) if members
+                        else np.zeros(0, dtype=np.int64))
+        owner = np.repeat(np.arange(len(members), dtype=np.int64), self.group_size)
+        order = np.argsort(self.members, kind="stable")
+        self.person_groups = owner[order]
+        self.person_group_ptr = _pointers(self.members, n)
+        self.incomplete = np.array([g in incomplete for g in self.group_ids.tolist()],
+                                   dtype=bool)
+
+        h = snap.holds
+        person = h["person_idx"].cast(pl.Int64).to_numpy().astype(np.int64)
+        order = np.argsort(person, kind="stable")
+        self.hold_ptr = _pointers(person, n)
+        self.hold_live = ~h["status"].is_in(["declined", "withdrawn"]).to_numpy()[order]
+        # Null windows compare false (NaN): such a hold overlaps nothing, as before.
+        self.hold_starts = h["starts"].cast(pl.Float64).to_numpy()[order]
+        self.hold_ends = h["ends"].cast(pl.Float64).to_numpy()[order]
+        codes = h["mission_id"].to_list()
+        self.mission_code = {m: c for c, m in enumerate(dict.fromkeys(codes))}
+        self.hold_mission = np.array([self.mission_code[m] for m in codes],
+                                     dtype=np.int64)[order]
+
+    def holds_of(self, person_idx: np.ndarray, mission: MissionRules
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Per person of ``person_idx``: live holds overlapping the mission's window, and
+        whether they hold any assignment on this mission (as :func:`_holds`)."""
+        rows, owner = _ranges(self.hold_ptr[person_idx], self.hold_ptr[person_idx + 1])
+        overlap = (self.hold_live[rows]
+                   & (self.hold_starts[rows] <= mission.ends_at.timestamp())
+                   & (mission.starts_at.timestamp() <= self.hold_ends[rows]))
+        holds = np.bincount(owner[overlap], minlength=len(person_idx))
+        code = self.mission_code.get(mission.mission_id, -1)
+        already = np.bincount(owner[self.hold_mission[rows] == code],
+                              minlength=len(person_idx)) > 0
+        return holds, already
+
+
+def _pointers(rows: np.ndarray, n: int) -> np.ndarray:
+    """CSR pointers of ``n`` rows, given the row of each entry (entries sorted by row)."""
+    counts = np.bincount(np.asarray(rows, dtype=np.int64), minlength=n)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _rule_index(snap: CommunitySnapshot) -> _RuleIndex:
+    """The snapshot's :class:`_RuleIndex`, built on first use (and again if the set of
+    incomplete groups was recorded after it)."""
+    incomplete = snap.extras.get(INCOMPLETE_GROUPS, frozenset())
+    index = snap.extras.get("rule_index")
+    if index is None or index.incomplete_source is not incomplete:
+        index = _RuleIndex(snap, incomplete)
+        snap.extras["rule_index"] = index
+    return index
 
 
 def _holds(snap: CommunitySnapshot, mission: MissionRules) -> tuple[np.ndarray, np.ndarray]:
@@ -198,31 +320,33 @@ def _holds(snap: CommunitySnapshot, mission: MissionRules) -> tuple[np.ndarray, 
     return holds, already
 
 
-def _person_mask(snap: CommunitySnapshot, vetting: VettingIndex, mission: MissionRules,
-                 exclude: set[str], mask: np.ndarray, excluded: dict[str, int]) -> np.ndarray:
-    n = len(snap.person_ids)
-    mask = mask.copy()
+def _persons_ok(snap: CommunitySnapshot, index: _RuleIndex, vetting: VettingIndex,
+                mission: MissionRules, exclude: set[str], excluded_persons: np.ndarray,
+                idx: np.ndarray, excluded: dict[str, int] | None) -> np.ndarray:
+    """Rules 1-7 for the persons ``idx``: a mask aligned with it. ``excluded`` (if given)
+    receives how many each rule removed, in the order the rules apply."""
+    ok = np.ones(len(idx), dtype=bool)
 
-    def apply(name: str, ok: np.ndarray) -> None:
-        excluded[name] = int((mask & ~ok).sum())
-        mask[:] = mask & ok
+    def apply(name: str, passes: np.ndarray) -> None:
+        if excluded is not None:
+            excluded[name] = int((ok & ~passes).sum())
+        ok[:] = ok & passes
 
-    apply("consent_matching", snap.consent_matching.astype(bool))
+    apply("consent_matching", snap.consent_matching[idx].astype(bool))
     if mission.vetting_regime:
-        apply("vetting", vetting.vetted(mission.vetting_regime, n, mission.starts_at,
-                                        mission.ends_at))
-    apply("availability", snap.availability >= mission.weekly_minutes)
-    holds, already = _holds(snap, mission)
-    apply("capacity", holds < snap.capacity)
+        apply("vetting", vetting.vetted_among(mission.vetting_regime, idx, mission.starts_at,
+                                              mission.ends_at))
+    apply("availability", snap.availability[idx] >= mission.weekly_minutes)
+    holds, already = index.holds_of(idx, mission)
+    apply("capacity", holds < snap.capacity[idx])
     apply("already_on_mission", ~already)
     if mission.radius_km is not None:
         area = snap.area_index.get(mission.area_id)
         if area is None:  # an unknown area cannot be measured: fail closed
-            apply("distance", np.zeros(n, dtype=bool))
+            apply("distance", np.zeros(len(idx), dtype=bool))
         else:
-            apply("distance", snap.area_distance_km[snap.person_area, area]
+            apply("distance", snap.area_distance_km[snap.person_area[idx], area]
                   <= mission.radius_km)
     if exclude:
-        apply("excluded_by_engineer",
-              ~np.isin(snap.person_ids, np.array(sorted(exclude), dtype=object)))
-    return mask
+        apply("excluded_by_engineer", ~np.isin(idx, excluded_persons))
+    return ok

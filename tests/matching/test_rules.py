@@ -18,13 +18,16 @@ from support.matching_fixtures import (
     Community,
     ReferenceRules,
     TableRanker,
+    community_from_frames,
     d,
     eligible_set,
     engine_of,
     mission_row,
+    simulated,
 )
 
 from features import FEATURE_NAMES
+from matching import MatchingEngine, MissionRules, eligible_candidates
 
 NOW = datetime(2025, 1, 15, 12, tzinfo=UTC)  # noon: no generated time falls on it
 
@@ -446,6 +449,11 @@ def test_no_ineligible_candidate_is_ever_returned_whatever_the_scores(case):
         # The engine's eligibility is exactly the rules' (none missing, none extra) ...
         assert eligible_set(engine, m, exclude) == allowed, m["mission_id"]
         assert eligible_set(engine, m, exclude, use_retrieval=True) <= allowed
+        # ... and checking only some persons gives the same answer about them.
+        within = rng.choice(len(engine.snapshot.person_ids),
+                            size=int(rng.integers(0, len(engine.snapshot.person_ids) + 1)),
+                            replace=False)
+        assert_pool_restricted(engine, MissionRules.of(m), exclude, within)
         # ... and a ranker that scores every ineligible candidate highest changes nothing.
         ranker.scores = {cid: (0.999 if (kind, cid) not in allowed else rng.uniform(0.01, 0.9))
                          for kind, cid in everyone}
@@ -465,3 +473,82 @@ def test_no_ineligible_candidate_is_ever_returned_whatever_the_scores(case):
             seen.add("a group listed")
     for what in sorted(seen):
         event(what)
+
+
+# ------------------------------------------------- checking a pool, not the whole community
+
+
+def assert_pool_restricted(engine: MatchingEngine, rules: MissionRules, exclude: list[str],
+                           within: np.ndarray) -> None:
+    """``eligible_candidates(within=...)`` is the whole community's answer restricted to
+    ``within`` and to the groups with a member in it; with ``group_ids``, to those groups."""
+    snap = engine.snapshot
+    full = eligible_candidates(snap, engine.vetting, rules, exclude)
+    part = eligible_candidates(snap, engine.vetting, rules, exclude, within=within)
+    inside = set(np.asarray(within).tolist())
+    assert part.person_idx.tolist() == sorted(set(full.person_idx.tolist()) & inside)
+    touched = {g for g, members in snap.group_members.items() if inside & set(members.tolist())}
+    assert part.group_ids == sorted(set(full.group_ids) & touched)
+    # Every person checked is counted once: eligible, or removed by one rule.
+    person_rules = {k: v for k, v in part.excluded.items() if not k.startswith("group_")}
+    assert sum(person_rules.values()) + len(part.person_idx) == len(inside)
+    # Groups asked about by id: the same answer for them, whoever their members are.
+    asked = sorted(snap.group_members)[::3] + ["G_not_a_group"]
+    by_id = eligible_candidates(snap, engine.vetting, rules, exclude, within=within[:0],
+                                group_ids=asked)
+    assert by_id.group_ids == sorted(set(full.group_ids) & set(asked))
+    assert by_id.person_idx.size == 0
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    s = simulated(tmp_path_factory.mktemp("rules"), n_persons=600, n_missions=150, seed=5)
+    yield s
+    s.store.dispose()
+
+
+def test_checking_a_pool_gives_the_whole_communitys_answer_about_it(sim):
+    """Random missions (any area, window, team size, regime, radius) and exclusions over a
+    simulated community: the rules applied to retrieval's pool, to random persons or to a few
+    groups' members give exactly the whole community's answer about them; and the whole
+    community's answer is the reference rules' (docs/simulator.md, rules 1-8)."""
+    engine = sim.engine()
+    snap = engine.snapshot
+    reference = ReferenceRules(community_from_frames(sim.frames), sim.cut)
+    missions = sim.frames.missions.to_dicts()
+    areas = sim.frames.areas["area_id"].to_list() + ["A_unknown"]
+    groups = sorted(snap.group_members)
+    rng = np.random.default_rng(7)
+    found = {"persons": 0, "groups": 0, "member_fails": 0}
+    for i in range(40):
+        base = missions[int(rng.integers(len(missions)))]
+        lo = int(rng.choice([1, 1, 2, 3]))
+        start = base["starts_at"] + timedelta(days=int(rng.integers(-60, 60)))
+        m = {**base, "mission_id": base["mission_id"] if i % 4 else f"M_new_{i}",
+             "area_id": str(rng.choice(areas)) if i % 5 == 0 else base["area_id"],
+             "starts_at": start, "ends_at": start + timedelta(days=int(rng.integers(0, 90))),
+             "team_min": lo, "team_max": lo + int(rng.choice([0, 1, 2])),
+             "minutes_per_day": int(rng.choice([30, 60, 120])),
+             "days_per_week": int(rng.integers(1, 4)),
+             "vetting_regime": rng.choice([None, None, "minors", "vulnerable_adults"]),
+             "radius_km": None if rng.random() < 0.4 else float(rng.uniform(0.5, 8.0))}
+        pool_members = [p for g in rng.choice(groups, size=3, replace=False)
+                        for p in snap.person_ids[snap.group_members[g]].tolist()]
+        exclude = (rng.choice(snap.person_ids, size=int(rng.integers(0, 4))).tolist()
+                   + rng.choice(groups, size=int(rng.integers(0, 3))).tolist()
+                   + pool_members[: int(rng.integers(0, 2))])
+        rules = MissionRules.of(m)
+        full = eligible_candidates(snap, engine.vetting, rules, exclude)
+        if i < 10:
+            assert {("person", p) for p in snap.person_ids[full.person_idx].tolist()} | {
+                ("group", g) for g in full.group_ids} == reference.eligible(m, exclude), i
+        pool = engine.retrieval.pool(rules.area_id, rules.radius_km, rules.weekly_minutes)
+        random_persons = rng.choice(len(snap.person_ids), size=int(rng.integers(1, 400)))
+        members = np.array([snap.person_index[p] for p in pool_members])
+        for within in (pool, random_persons, members):
+            assert_pool_restricted(engine, rules, exclude, within)
+        found["persons"] += len(full.person_idx)
+        found["groups"] += len(full.group_ids)
+        found["member_fails"] += full.excluded["group_member_ineligible"]
+    # The missions drawn did decide something: eligible persons and groups, failing members.
+    assert all(v > 0 for v in found.values()), found

@@ -178,6 +178,49 @@ def test_the_cluster_cap_binds_on_a_tight_cluster(sim, engine):
     assert binds >= 5
 
 
+def test_explain_false_serves_the_same_list_without_reasons(sim, engine, served):
+    """The platform's view (``explain=False``) is the engineer's list, scores and
+    propensities for the same seed, without reasons or expected payouts."""
+    compared = 0
+    for i, m in enumerate(sim.held_out):
+        full, _ = served[m["mission_id"]]
+        lean = engine.shortlist(m["mission_id"], k=K, seed=i, explain=False)
+        assert [(c.kind, c.candidate_id, c.rank, c.score, c.propensity, c.members,
+                 c.newcomer) for c in lean.candidates] == [
+            (c.kind, c.candidate_id, c.rank, c.score, c.propensity, c.members, c.newcomer)
+            for c in full.candidates]
+        assert lean.scored.equals(full.scored)
+        assert lean.filters == full.filters and lean.policy == full.policy
+        assert all(c.reasons == [] and np.isnan(c.expected_payout) for c in lean.candidates)
+        compared += len(full.candidates)
+    assert compared >= 100
+    # The engineer's view does explain: reasons and payouts are there to be skipped.
+    listed = [c for res, _ in served.values() for c in res.candidates]
+    assert any(c.reasons for c in listed)
+    assert all(np.isfinite(c.expected_payout) and c.expected_payout >= 0 for c in listed)
+
+
+def test_the_features_served_are_those_of_a_fresh_computation(sim, engine):
+    """Retrieval's ranker cut computes the features of its candidates; the shortlist serves
+    those rows (plus pinned persons it had cut, and the groups) instead of computing them
+    again: they must be the rows a fresh ``build_features`` gives, in the same order."""
+    cut = 0
+    for i, m in enumerate(sim.held_out):
+        e = engine.eligible(m)
+        idx, groups = engine.retrieve(m, e)
+        pins = []
+        if len(e.person_idx) > engine.config.pool_size:
+            cut += 1
+            # A person retrieval cut, pinned: computed apart and put in its place.
+            left_out = np.setdiff1d(e.person_idx, idx)
+            pins = [engine.snapshot.person_ids[left_out[i % len(left_out)]]]
+            idx = np.union1d(idx, [engine.snapshot.person_index[p] for p in pins])
+        res = engine.shortlist(m["mission_id"], k=K, seed=i, pin=pins)
+        fresh = engine.score(m, idx, groups)
+        assert res.scored.drop("propensity").equals(fresh), m["mission_id"]
+    assert cut >= 5
+
+
 # -------------------------------------------------------------------------- reason privacy
 
 
