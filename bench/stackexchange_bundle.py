@@ -579,7 +579,10 @@ def build_frames(
     ties = _ties(interactions(dump), fit_until)
 
     # A few users asked before registering (the account was created days later): a
-    # person has joined by their first answer or interaction at the latest.
+    # person has joined by their first answer or interaction at the latest. Many accounts
+    # were created by their first post (same second): the person has joined one second
+    # before it, so that a snapshot taken at that answer (rows at or after it ignored)
+    # holds the person who gives it.
     people = (
         pl.concat(
             [assignments.select("person_id", at="assigned_at"),
@@ -596,7 +599,7 @@ def build_frames(
         .select(
             "person_id",
             area_id=pl.lit(AREA_ID),
-            joined_at=pl.min_horizontal("registered_at", "first_seen"),
+            joined_at=pl.min_horizontal("registered_at", pl.col("first_seen") - _SECOND),
             availability_min_per_week=pl.lit(AVAILABILITY_MIN_PER_WEEK),
             max_concurrent=pl.lit(MAX_CONCURRENT),
             # Static skills would have to come from all-time activity (a leak) or from the

@@ -51,6 +51,7 @@ from features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureModel, feature_r
 from graph._community_graph import CommunityGraph, community_graph_from_frames
 from graph._frames import CommunityFrames
 from matching import PriorRanker
+from matching._ranker import DEFAULT_ESTIMATOR
 from training._evaluate import evaluate, heldout_missions
 from training._pipeline import EngineModel, fit_engine_model
 
@@ -717,8 +718,9 @@ def register_day_one(config: MlflowConfig, feature_model: FeatureModel, *,
 
 
 def train_and_register(frames: CommunityFrames, split_at: datetime, config: MlflowConfig, *,
-                       truth: pl.DataFrame | None = None, estimator: str = "hgb", k: int = 10,
-                       gate_metric: str | None = None, margin: float = 0.0, seed: int = 0,
+                       truth: pl.DataFrame | None = None, estimator: str = DEFAULT_ESTIMATOR,
+                       k: int = 10, gate_metric: str | None = None, margin: float = 0.0,
+                       seed: int = 0,
                        graph: CommunityGraph | None = None, max_missions: int | None = None,
                        evaluate_champion: bool = True, params: dict[str, Any] | None = None,
                        model: EngineModel | None = None) -> RegistrationResult:
@@ -726,8 +728,10 @@ def train_and_register(frames: CommunityFrames, split_at: datetime, config: Mlfl
 
     When a champion exists and its ``holdout`` tag differs from this evaluation's, it is
     evaluated on this holdout too (``evaluate_champion=False`` skips that: the alias then
-    stays unless the tags match). ``model`` skips the fit (it must be fitted before
-    ``split_at``).
+    stays unless the tags match). A day-one champion is first taken back to ``split_at``
+    (its feature model refitted on the data before it, see :func:`_before_split`), so that
+    champion and challenger both see only the past of the holdout. ``model`` skips the fit
+    (it must be fitted before ``split_at``).
     """
     graph = graph if graph is not None else community_graph_from_frames(frames)
     if model is None:
@@ -743,16 +747,48 @@ def train_and_register(frames: CommunityFrames, split_at: datetime, config: Mlfl
         value, _ = _champion_figure(client, config, current, hid, metric)
         if value is None:
             champ, _ = load_champion(config)
+            champ, refitted = _before_split(champ, frames, split_at)
             champ_report = evaluate(frames, champ, split_at, truth=truth, k=k, graph=graph,
                                     seed=seed, max_missions=max_missions)
             champion_value = flatten_metrics(champ_report).get(metric)
             source = f"champion v{current} re-evaluated on this holdout"
-            if champ.split_at is not None and champ.split_at > split_at:
+            if refitted:
+                source += " (day-one policy: its feature model refitted on data before the split)"
+            elif _fitted_after(champ, split_at):
                 source += " (it was fitted on later data: its figure is optimistic)"
     run_params = {"data_version": frames.version, "k": k, "margin": margin, **(params or {})}
     return log_engine_model(model, report, config, run_params, holdout=hid,
                             gate_metric=metric, margin=margin, champion_value=champion_value,
                             champion_source=source)
+
+
+def _fitted_after(model: EngineModel, split_at: datetime) -> bool:
+    """Whether any learned part of ``model`` saw data from ``split_at`` on."""
+    cutoff = model.feature_model.fitted_.cutoff
+    return cutoff > split_at or (model.split_at is not None and model.split_at > split_at)
+
+
+def _before_split(model: EngineModel, frames: CommunityFrames, split_at: datetime
+                  ) -> tuple[EngineModel, bool]:
+    """The day-one policy as it would have been at ``split_at``; other models unchanged.
+
+    The day-one policy learns nothing from outcomes but its :class:`~features.FeatureModel`
+    (priors, vocabulary, factors), fitted on whatever existed when it was registered (on
+    ``crunch up``: everything). Evaluated on a holdout after ``split_at`` with that feature
+    model it would see the holdout's own outcomes, against a challenger that saw only what
+    came before: its feature model is refitted, with the same parameters, on the data before
+    ``split_at``, so that both sides of the gate see the same past. A trained champion cannot
+    be taken back in time this way (its ranker learned from later rows): it is returned as
+    is, and its figure is flagged as optimistic by the caller.
+
+    Returns the model to evaluate and whether it was refitted.
+    """
+    if not isinstance(model.ranker, PriorRanker) or not _fitted_after(model, split_at):
+        return model, False
+    params = model.feature_model.to_dict()["params"]
+    fm = FeatureModel(**params).fit(frames, split_at)
+    info = {**model.info, "feature_model_refitted_at": split_at.isoformat()}
+    return EngineModel(fm, model.ranker, split_at, info), True
 
 
 def ensure_champion(frames: CommunityFrames, config: MlflowConfig, *,
@@ -765,7 +801,9 @@ def ensure_champion(frames: CommunityFrames, config: MlflowConfig, *,
     With no version at all, the day-one policy is registered first (its feature model fitted
     on everything before ``now``). Then, if there is no champion or the only one is the
     day-one policy registered here, a model is trained with :func:`default_split_at` and goes
-    through the gate against it. With too little data for either, the day-one policy stays.
+    through the gate against it (the day-one policy evaluated with its feature model refitted
+    at that split, as the challenger's). With too little data for either, the day-one policy
+    stays.
     """
     results: list[RegistrationResult] = []
     if champion_version(config) is not None:

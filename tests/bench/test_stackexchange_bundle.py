@@ -194,11 +194,13 @@ def test_bundle_invariants(built):
     joined = a.join(m, on="mission_id").join(
         persons.select("person_id", "joined_at"), on="person_id")
     assert (joined["assigned_at"] >= joined["created_at"]).all()
-    assert (joined["joined_at"] <= joined["assigned_at"]).all()
+    # a person exists strictly before their first answer or tie (a snapshot at that time,
+    # which ignores rows at or after it, holds them)
+    assert (joined["joined_at"] < joined["assigned_at"]).all()
     for side in ("person_a", "person_b"):
         t = f["ties"].join(persons.select("person_id", "joined_at"),
                            left_on=side, right_on="person_id")
-        assert (t["joined_at"] <= t["created_at"]).all(), side
+        assert (t["joined_at"] < t["created_at"]).all(), side
 
     # Payout and success recomputed with the pay rule, in the store's order.
     rules = {r["mission_id"]: PayRule(r["pay_rule"], r["direction"], float(r["baseline"]),

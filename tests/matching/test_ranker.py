@@ -20,10 +20,12 @@ from threadpoolctl import threadpool_limits
 from features import FEATURE_NAMES
 from graph import PayRule
 from matching._ranker import (
+    MIN_PLATT_SLOPE,
     TRUSTED_SKOPS_TYPES,
     BaseRanker,
     PriorRanker,
     Ranker,
+    _SigmoidCalibrator,
     load_ranker,
     payout_at_target,
 )
@@ -197,6 +199,23 @@ def test_small_calibration_slice_falls_back_to_sigmoid():
     assert r.calibration_ == "sigmoid"
     p = r.predict_proba(X)
     assert (p > 0).all() and (p < 1).all()
+
+
+def test_platt_calibration_neither_inverts_nor_erases_a_ranking():
+    rng = np.random.default_rng(11)
+    s = rng.normal(size=120)
+    # a calibration slice where higher base scores succeeded less often: the unbounded fit
+    # would invert the ranking, a slope of 0 would make every candidate equal
+    y = (rng.random(120) < expit(-1.5 * s)).astype(np.int64)
+    cal = _SigmoidCalibrator.fit(s, y, None)
+    assert cal.a == pytest.approx(MIN_PLATT_SLOPE)
+    p = cal.predict(np.sort(s))
+    assert (np.diff(p) > 0).all()  # still in the model's order, never tied
+    assert p.max() - p.min() < 1e-4  # all but the slice's base rate
+    assert abs(p.mean() - y.mean()) < 0.02
+    # where the slice agrees with the model, the slope is fitted as usual
+    y_up = (rng.random(120) < expit(1.5 * s)).astype(np.int64)
+    assert _SigmoidCalibrator.fit(s, y_up, None).a > 0.5
 
 
 def test_rows_at_one_time_stay_on_one_side():

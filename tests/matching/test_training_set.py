@@ -176,3 +176,93 @@ def test_a_ranker_fits_on_the_training_set(rows):
     assert ((p >= 0) & (p <= 1)).all()
     assert tuple(ranker.feature_names_) == FEATURE_NAMES
     assert p.std() > 0  # it learned something that tells rows apart
+
+
+# ------------------------------------------------------------- newcomers of the same week
+
+MONDAY = d(2025, 1, 6)  # the week of the assignments below starts here
+AT = d(2025, 1, 9, 12)  # Thursday noon: P_new's assignment
+
+
+def _newcomer_city(extra_ties: tuple[tuple[str, str, object], ...] = ()) -> Community:
+    """P_old (joined long ago, succeeded on the need before), P_new who joined on Wednesday
+    of the assignment's week and was assigned on Thursday, P_new2 (joined Tuesday, assigned
+    Friday), a group of P_old and P_new formed on Wednesday, and P_late whose assignment
+    predates their account (a row with no candidate at its time)."""
+    c = Community().add_area("A1", 48.85, 2.35)
+    c.add_mission("M0", created_at=d(2024, 9, 1), starts_at=d(2024, 9, 2),
+                  ends_at=d(2024, 11, 30), status="closed")
+    c.add_mission("M1", created_at=d(2025, 1, 2), starts_at=d(2025, 1, 6),
+                  ends_at=d(2025, 2, 28), team_max=2)
+    c.add_person("P_old")
+    c.add_person("P_new", joined_at=d(2025, 1, 8, 10))
+    c.add_person("P_new2", joined_at=d(2025, 1, 7, 9))
+    c.add_person("P_late", joined_at=d(2025, 1, 9, 18))
+    c.add_group("G_new", ["P_old", "P_new"], joined_at=d(2025, 1, 8, 12),
+                created_at=d(2025, 1, 8, 12))
+    for a, b, at in extra_ties:
+        c.add_tie(a, b, created_at=at)
+    c.add_assignment("AS0", "M0", person="P_old", at=d(2024, 9, 2), status="completed")
+    c.add_outcome("O0", "AS0", d(2024, 11, 30), True)
+    # P_old's assignment comes after the newcomers' in the week: it still reads the week's
+    # start, not a snapshot taken for a newcomer
+    rows = [("AS1", "P_old", None, d(2025, 1, 10, 15)), ("AS2", "P_new", None, AT),
+            ("AS3", "P_new2", None, d(2025, 1, 10, 9)), ("AS4", None, "G_new", AT),
+            ("AS5", "P_late", None, AT)]
+    for i, (aid, person, group, at) in enumerate(rows):
+        c.add_assignment(aid, "M1", person=person, group=group, at=at, status="completed")
+        c.add_outcome(f"O{i + 1}", aid, d(2025, 2, 20), i % 2 == 0)
+    return c
+
+
+def _newcomer_rows(c: Community) -> tuple[matching.TrainingSet, graph.CommunityFrames,
+                                          features.FeatureModel]:
+    frames = c.frames()
+    fm = features.FeatureModel().fit(frames, d(2025, 3, 1))
+    g = graph.community_graph_from_frames(frames)
+    ts = build_training_set(frames, fm, labelled_assignments(frames, until=d(2025, 3, 1)),
+                            graph=g)
+    return ts, frames, fm
+
+
+def test_a_candidate_who_joined_in_the_assignments_week_is_a_row():
+    ts, frames, fm = _newcomer_rows(_newcomer_city())
+    rows = {r["assignment_id"]: r for r in ts.rows.iter_rows(named=True)}
+    # everyone who existed when assigned is a row; P_late did not exist yet
+    assert set(rows) == {"AS0", "AS1", "AS2", "AS3", "AS4"}
+    assert ts.skipped_unknown_candidate == 1 and ts.newcomer_rows == 3
+    # the established person reads the week's snapshot; the newcomers one inside the week,
+    # at the first of their assignments' times, after they joined and never after the decision
+    assert rows["AS1"]["features_as_of"] == MONDAY
+    assert rows["AS2"]["features_as_of"] == AT and rows["AS4"]["features_as_of"] == AT
+    assert rows["AS3"]["features_as_of"] == AT  # P_new2 existed then: the same snapshot
+    joined = dict(frames.persons.select("person_id", "joined_at").iter_rows())
+    for r in rows.values():
+        assert r["features_as_of"] <= r["assigned_at"]
+        if r["kind"] == "person":
+            assert joined[r["candidate_id"]] < r["features_as_of"]
+    # the newcomer's features are those of a snapshot at the assignment's time
+    snap = features.attach_graph(features.CommunitySnapshot.build(frames, fm, AT),
+                                 graph.community_graph_from_frames(frames))
+    mission = next(m for m in frames.missions.iter_rows(named=True) if m["mission_id"] == "M1")
+    expected = features.build_features(fm, snap, mission, ["P_new"], ["G_new"])
+    for kind, cid, aid in (("person", "P_new", "AS2"), ("group", "G_new", "AS4")):
+        e = expected.filter((pl.col("kind") == kind) & (pl.col("candidate_id") == cid)).row(
+            0, named=True)
+        for name in FEATURE_NAMES:
+            assert rows[aid][name] == pytest.approx(e[name], nan_ok=True), (aid, name)
+    assert rows["AS2"]["n_outcomes"] == 0 and rows["AS2"]["tenure_days"] < 2
+
+
+def test_a_same_week_newcomers_row_sees_nothing_after_the_assignment():
+    base, _, _ = _newcomer_rows(_newcomer_city())
+    after, _, _ = _newcomer_rows(_newcomer_city((("P_new", "P_old", AT + HOUR),)))
+    before, _, _ = _newcomer_rows(_newcomer_city((("P_new", "P_old", AT - HOUR),)))
+
+    def row(ts: matching.TrainingSet) -> dict:
+        return ts.rows.filter(pl.col("assignment_id") == "AS2").row(0, named=True)
+
+    for name in FEATURE_NAMES:
+        assert row(after)[name] == pytest.approx(row(base)[name], nan_ok=True), name
+    # the same tie an hour before the decision reaches the row: the test can tell a leak
+    assert row(before)["ties_succeeded"] == row(base)["ties_succeeded"] + 1

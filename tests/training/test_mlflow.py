@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import polars as pl
 import pytest
 
 import training
-from features import FEATURE_NAMES, FEATURE_SET_VERSION
+from features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureModel
 from graph import import_bundle, load_frames, load_truth, open_store, simulate_bundle, sqlite_url
 from matching import PriorRanker, build_training_set, labelled_assignments
 from matching._ranker import PRIOR_WEIGHTS
@@ -420,3 +421,56 @@ def test_ensure_champion_registers_day_one_then_gates_a_trained_model(
                                               else "kept champion")
     # a champion exists: nothing more to do
     assert M.ensure_champion(c["frames"], cfg, truth=c["truth"]) == []
+
+
+def test_crunch_up_compares_the_day_one_policy_as_of_the_split(community, empty_mlflow_db,
+                                                               tmp_path):
+    """On ``crunch up`` the day-one policy is registered with a feature model fitted on all
+    the data; at the gate it is evaluated with one refitted before the split, as the
+    challenger's is, never with the one that saw the holdout."""
+    c = community
+    frames = c["frames"]
+    split_at = M.default_split_at(frames)  # the split ensure_champion trains at
+    cfg = _registry(tmp_path / "home", empty_mlflow_db)
+    metric = "truth.engine.ndcg_at_k"
+    latest = max(frames.outcomes["measured_at"].max(), frames.assignments["assigned_at"].max(),
+                 frames.missions["created_at"].max())
+    later = latest + timedelta(days=1)  # "now" on crunch up: after every row of the store
+    day_one, trained = M.ensure_champion(frames, cfg, truth=c["truth"], gate_metric=metric,
+                                         max_missions=MAX_MISSIONS, now=later)
+    assert day_one.version == 1 and trained.previous_champion == 1
+
+    def prior_figure(fm: FeatureModel) -> float:
+        model = EngineModel(fm, PriorRanker(), split_at)
+        report = evaluate(frames, model, split_at, truth=c["truth"], max_missions=MAX_MISSIONS)
+        return M.flatten_metrics(report)[metric]
+
+    as_of_split = prior_figure(FeatureModel(seed=0).fit(frames, split_at))
+    assert trained.champion_value == pytest.approx(as_of_split, rel=0, abs=1e-12)
+    assert trained.champion_source == ("champion v1 re-evaluated on this holdout (day-one "
+                                       "policy: its feature model refitted on data before the "
+                                       "split)")
+    assert trained.promoted == (trained.challenger_value >= as_of_split)
+    # with the feature model it was registered with (fitted on everything, the holdout's
+    # outcomes included) its figure would differ: the test can tell the two apart
+    optimistic = prior_figure(FeatureModel(seed=0).fit(frames, later))
+    print(f"day-one {metric}: {as_of_split:.6f} as of the split, {optimistic:.6f} fitted on "
+          f"all; challenger {trained.challenger_value:.6f}")
+    assert optimistic != pytest.approx(as_of_split, rel=0, abs=1e-9)
+    # the registered day-one model itself is unchanged: fitted on everything before "now"
+    import mlflow
+
+    root = _client(cfg).get_model_version_download_uri(cfg.model_name, "1")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{root}/artifacts/engine_model", tracking_uri=cfg.tracking_uri,
+        dst_path=str(tmp_path / "v1"))
+    assert EngineModel.load(local).feature_model.fitted_.cutoff == later
+    # the helper leaves a model fitted before the split (and any trained model) alone
+    fitted_before = EngineModel(FeatureModel().fit(frames, split_at), PriorRanker(), split_at)
+    assert M._before_split(fitted_before, frames, split_at) == (fitted_before, False)
+    assert M._before_split(c["model"], frames, split_at) == (c["model"], False)
+    seen_all = EngineModel(FeatureModel().fit(frames, later), PriorRanker(), later)
+    refit, done = M._before_split(seen_all, frames, split_at)
+    assert done and refit.feature_model.fitted_.cutoff == split_at
+    assert refit.feature_model.to_dict()["params"] == seen_all.feature_model.to_dict()["params"]
+    assert refit.ranker is seen_all.ranker and refit.split_at == split_at
