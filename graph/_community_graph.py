@@ -46,6 +46,18 @@ thirteen and power iteration at restart 0.15 about sixty. The coarse space is bu
 per graph. The result equals ``networkx.pagerank(G, alpha=1 - restart,
 personalization=s)`` (a walker on a node without edges restarts at the seeds).
 
+PageRank is linear in its restart distribution, which makes a mission's first request cheap.
+Let ``z(s) = restart (I - (1 - restart) P)^-1 s`` with the columns of nodes without edges
+left empty (a walker there is lost). The networkx treatment returns such a walker to the
+seeds, which only rescales: ``x(s) = z(s) / |z(s)|``. A walker from a node with edges never
+reaches a node without, so ``|z(e_i)|`` is 1 for a seed with edges and ``restart`` for one
+without. Hence for ``s = sum_i w_i e_i``, ``x(s) = sum_i w_i m_i x(e_i) / sum_i w_i m_i``
+with ``m_i`` that mass: the solution of a mission (half its area, half its need type) is a
+weighted sum of two single-seed solutions. :func:`personalized_pagerank` caches a solve per
+single seed (:meth:`CommunityGraph.warm` solves many at once, ahead of requests), and a
+mission's vector costs a vector sum when its area and need type have been solved before:
+areas and need types are few, missions many.
+
 Lived experience is special-category data. Proximity computed over a graph that contains
 lived-experience edges (``lived_experience=True``, the signal ``proximity_le``) is derived
 from it; :data:`SIGNALS` says which signal is.
@@ -419,6 +431,12 @@ class CommunityGraph:
         ``store.version()`` when the store was read.
     as_of : datetime or None
         Only what existed strictly before ``as_of`` is in the graph (None: everything).
+    cache_size : int
+        Most PPR results (one per seed set and variant) kept in the LRU cache.
+    seed_cache_mb : float
+        Memory bound of the single-seed solves kept to compose PPR results from (float32
+        over every node: 0.44 MB each at 100k persons). 0 turns the decomposition off:
+        every seed set is then solved on its own.
     """
 
     nodes: NodeIndex
@@ -430,13 +448,16 @@ class CommunityGraph:
     version: int
     as_of: datetime | None = None
     cache_size: int = 64
+    seed_cache_mb: float = 256.0
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _operators: dict = field(default_factory=dict, repr=False)
     _ties: _Ties | None = field(default=None, repr=False)
     _members: tuple | None = field(default=None, repr=False)
     _ppr: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _seeds: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _stats: dict = field(
-        default_factory=lambda: {"hits": 0, "misses": 0, "last_iterations": 0}, repr=False
+        default_factory=lambda: {"hits": 0, "misses": 0, "last_iterations": 0,
+                                 "seed_hits": 0, "seed_misses": 0}, repr=False
     )
 
     def __repr__(self) -> str:
@@ -459,7 +480,7 @@ class CommunityGraph:
         return CommunityGraph(
             nodes=self.nodes, edges=edges, persons=self.persons, groups=self.groups,
             missions=self.missions, outcomes=outcomes, version=self.version, as_of=as_of,
-            cache_size=self.cache_size,
+            cache_size=self.cache_size, seed_cache_mb=self.seed_cache_mb,
         )
 
     def is_stale(self, store: Store) -> bool:
@@ -647,13 +668,114 @@ class CommunityGraph:
     # -- the PPR cache
 
     def cache_info(self) -> dict:
-        """PPR cache statistics: hits, misses, size and the last solve's iterations."""
+        """PPR cache statistics.
+
+        ``hits``, ``misses``, ``size`` and ``max_size`` are those of the results (one per
+        seed set and variant); ``seed_hits``, ``seed_misses``, ``seed_size``,
+        ``seed_max_size`` and ``seed_mb`` those of the single-seed solves they are composed
+        from; ``last_iterations`` is the last solve's number of iterations.
+        """
         with self._lock:
-            return {**self._stats, "size": len(self._ppr), "max_size": self.cache_size}
+            return {**self._stats, "size": len(self._ppr), "max_size": self.cache_size,
+                    "seed_size": len(self._seeds), "seed_max_size": self._seed_capacity(),
+                    "seed_mb": round(sum(v.nbytes for v in self._seeds.values()) / 2**20, 1)}
 
     def clear_cache(self) -> None:
         with self._lock:
             self._ppr.clear()
+            self._seeds.clear()
+
+    def warm(
+        self,
+        seeds: Iterable[NodeKey],
+        lived_experience: bool = False,
+        *,
+        restart: float = RESTART,
+        tol: float = 1e-4,
+        max_iter: int = 100,
+    ) -> int:
+        """Solve and cache the single-seed PPR of each of ``seeds`` ahead of requests.
+
+        A later :func:`personalized_pagerank` (same ``lived_experience``, ``restart``,
+        ``tol`` and ``max_iter``) whose seeds are all warm costs a vector sum instead of a
+        solve. Seeds already cached are skipped, and no more seeds are solved than the
+        single-seed cache holds (``seed_cache_mb``), the first ones given first, so that a
+        warm-up never evicts what it warmed. Each seed is cached as soon as it is solved,
+        and the solves run outside the graph's lock: safe to call from a background thread
+        while requests are served.
+
+        Parameters
+        ----------
+        seeds : iterable of node keys
+            Such as ``("area", "A01")`` or ``("need", "drug_outreach")``, most useful first.
+        lived_experience : bool, default False
+            The variant to warm (call once per variant).
+        restart, tol, max_iter
+            As in :func:`personalized_pagerank`.
+
+        Returns
+        -------
+        int
+            The number of seeds solved (0 when all were warm).
+        """
+        if not 0 < restart < 1:
+            raise ValueError("restart must be in (0, 1)")
+        keys = list(dict.fromkeys(tuple(k) for k in seeds))
+        for key in keys:
+            self.nodes[key]  # NotFoundError on an unknown seed, before any solve
+        variant = (bool(lived_experience), float(restart), float(tol), int(max_iter))
+        with self._lock:
+            missing = [k for k in keys if (k, *variant) not in self._seeds]
+            missing = missing[: self._seed_capacity()]
+        for key in missing:
+            self._solve_seeds([key], *variant)
+        return len(missing)
+
+    def _seed_capacity(self) -> int:
+        """How many single-seed vectors ``seed_cache_mb`` holds."""
+        if self.seed_cache_mb <= 0 or len(self.nodes) == 0:
+            return 0
+        return int(self.seed_cache_mb * 2**20 // (4 * len(self.nodes)))
+
+    def _seed_vectors(self, keys: Sequence[NodeKey], lived_experience: bool, restart: float,
+                      tol: float, max_iter: int) -> list[np.ndarray]:
+        """The single-seed solutions of ``keys`` (node order, read-only), from the cache or
+        solved together in one call."""
+        variant = (lived_experience, restart, tol, max_iter)
+        found: dict[NodeKey, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                hit = self._seeds.get((key, *variant))
+                if hit is not None:
+                    self._seeds.move_to_end((key, *variant))
+                    found[key] = hit
+            self._stats["seed_hits"] += len(found)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            found.update(zip(missing, self._solve_seeds(missing, *variant), strict=True))
+        return [found[k] for k in keys]
+
+    def _solve_seeds(self, keys: Sequence[NodeKey], lived_experience: bool, restart: float,
+                     tol: float, max_iter: int) -> list[np.ndarray]:
+        """Solve the single-seed PPR of each key in one :func:`_solve_ppr` call, and cache."""
+        op = self.operator(lived_experience)
+        s = np.zeros((len(self.nodes), len(keys)), dtype=np.float32)
+        s[op.position[self.nodes.positions(keys)], np.arange(len(keys))] = 1.0
+        x, iterations = _solve_ppr(op, s, restart, tol, max_iter)
+        vectors = []
+        for j in range(len(keys)):
+            v = np.ascontiguousarray(x[op.position, j])  # back to node order, one per seed
+            v.flags.writeable = False
+            vectors.append(v)
+        with self._lock:
+            self._stats["last_iterations"] = iterations
+            self._stats["seed_misses"] += len(keys)
+            capacity = self._seed_capacity()
+            for key, v in zip(keys, vectors, strict=True):
+                self._seeds[(key, lived_experience, restart, tol, max_iter)] = v
+            while len(self._seeds) > capacity:
+                self._seeds.popitem(last=False)
+        return vectors
 
 
 # --------------------------------------------------------------------------- building
@@ -910,20 +1032,50 @@ def personalized_pagerank(
                 graph._ppr.move_to_end(cache_key)
                 graph._stats["hits"] += 1
                 return hit
-    op = graph.operator(lived_experience)
-    s = np.zeros(len(graph.nodes), dtype=np.float32)
-    for key, weight in merged.items():
-        s[op.position[positions[key]]] += weight / total
-    x, iterations = _solve_ppr(op, s, restart, tol, max_iter)
-    x = x[op.position]  # back to node order
-    x.flags.writeable = False
-    with graph._lock:
-        graph._stats["last_iterations"] = iterations
-        if use_cache:
+    weights = {k: merged[k] / total for k in sorted(merged) if merged[k] > 0}
+    variant = (bool(lived_experience), float(restart), float(tol), int(max_iter))
+    if use_cache and graph._seed_capacity() > 0:
+        x = _compose(graph, weights, graph._seed_vectors(list(weights), *variant),
+                     bool(lived_experience), float(restart))
+    else:
+        op = graph.operator(lived_experience)
+        s = np.zeros(len(graph.nodes), dtype=np.float32)
+        for key, weight in weights.items():
+            s[op.position[positions[key]]] += weight
+        x, iterations = _solve_ppr(op, s, restart, tol, max_iter)
+        x = x[op.position]  # back to node order
+        x.flags.writeable = False
+        with graph._lock:
+            graph._stats["last_iterations"] = iterations
+    if use_cache:
+        with graph._lock:
             graph._stats["misses"] += 1
             graph._ppr[cache_key] = x
             while len(graph._ppr) > graph.cache_size:
                 graph._ppr.popitem(last=False)
+    return x
+
+
+def _compose(graph: CommunityGraph, weights: Mapping[NodeKey, float],
+             vectors: Sequence[np.ndarray], lived_experience: bool,
+             restart: float) -> np.ndarray:
+    """The PPR of a seed distribution from the single-seed solutions of its seeds.
+
+    ``x(s) = sum_i w_i m_i x_i / sum_i w_i m_i``, where ``m_i`` is the mass the walk from
+    seed ``i`` keeps before a walker on a node without edges is returned to the seeds: 1
+    for a seed with edges, ``restart`` for one without (see the module's docstring).
+    """
+    if len(vectors) == 1:
+        return vectors[0]  # already normalised: the cached array itself
+    op = graph.operator(lived_experience)
+    alone = op.dangling[op.position[graph.nodes.positions(weights)]]
+    coef = np.array(list(weights.values())) * np.where(alone, restart, 1.0)
+    coef /= coef.sum()
+    x = vectors[0] * np.float32(coef[0])
+    for c, v in zip(coef[1:], vectors[1:], strict=True):
+        x += np.float32(c) * v
+    x /= x.sum(dtype=np.float64)
+    x.flags.writeable = False
     return x
 
 
@@ -934,8 +1086,25 @@ def _solve_ppr(op: _Operator, s: np.ndarray, restart: float, tol: float,
 
     Deflated CG (Saad, Yeung, Erhel and Guyomarc'h, 2000) starts from the coarse solution
     and keeps every search direction M-orthogonal to the coarse space (:class:`_Coarse`).
-    Returns the scores and the number of iterations (one sparse product each).
+    ``s`` is one restart distribution, or one per column (an ``n x k`` array), each solved
+    on its own (one ``n x 16`` sparse product cost as much as 16 vector products on the
+    simulated city of 100k persons: blocks bring nothing). Returns the scores (each column
+    summing to 1) and the number of iterations (one sparse product each; the most of any
+    column).
     """
+    if s.ndim == 1:
+        return _cg(op, s, restart, tol, max_iter)
+    x = np.empty(s.shape, dtype=np.float32)
+    iterations = 0
+    for j in range(s.shape[1]):
+        x[:, j], it = _cg(op, np.ascontiguousarray(s[:, j]), restart, tol, max_iter)
+        iterations = max(iterations, it)
+    return x, iterations
+
+
+def _cg(op: _Operator, s: np.ndarray, restart: float, tol: float,
+        max_iter: int) -> tuple[np.ndarray, int]:
+    """:func:`_solve_ppr` of one restart distribution ``s`` (a vector)."""
     damp = np.float32(1.0 - restart)
     norm = op.normalised
     coarse = op.coarse(restart)

@@ -30,6 +30,7 @@ __all__ = [
     "AreaLink",
     "Assignment",
     "Base",
+    "ChangeJournal",
     "Client",
     "GroupMember",
     "IdempotencyKey",
@@ -358,6 +359,23 @@ class Tombstone(Base):
     __tablename__ = "tombstones"
     person_id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ChangeJournal(Base):
+    """What each store version changed, for serving engines to lay over themselves.
+
+    One row per (version, kind, key): ``kind`` is ``person``, ``group``, ``mission`` or
+    ``everything`` (a bundle import: key ``""``). A person's key is a keyed hash of the id
+    (:func:`graph._store.person_key`), never the id, so an erased person does not survive
+    here. Rows older than ``graph._store.JOURNAL_RETENTION`` are pruned; ``store_meta`` row
+    ``journal_from`` is the first version whose changes are all still here.
+    """
+
+    __tablename__ = "change_journal"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 Index("ix_ties_created", Tie.created_at)

@@ -3,8 +3,9 @@
 - :func:`export_person`: everything the store holds about one person, as plain JSON-ready data
   (the answer to a subject access request).
 - :func:`change_consent`: the two consents of DESIGN.md. Withdrawing ``consent_matching``
-  takes the person out of every list served from then on (the store version moves, so every
-  serving engine rebuilds) and withdraws their pending offers; withdrawing
+  takes the person out of every list served from then on (the change is journaled with the
+  store version: every serving engine leaves the person out from its next request, before
+  it is rebuilt) and withdraws their pending offers; withdrawing
   ``consent_lived_experience`` deletes the stored tags (they are never kept without it).
 - :func:`erase_person`: the right to erasure. The person, their ties, memberships, vetting
   records, decision-log entries (shortlist candidates, ids in a list's filters), synthetic
@@ -17,7 +18,7 @@
   and no consent to be matched; the evidence text of those outcomes is cleared. A peer group
   left with fewer than 2 members is dissolved the same way (it was partly the erased person).
   Last, a tombstone (a keyed hash of the id, never the id) stops an import or the API from
-  bringing the person back.
+  bringing the person back. The change journal, too, names the person by a keyed hash only.
 
 The tombstone key is a random secret made by the migration that created the table, kept in
 ``store_meta``; the hash hides the id from a reader of the tombstone table and links nothing
@@ -62,13 +63,12 @@ from graph._models import (
     Person,
     Shortlist,
     ShortlistCandidate,
-    StoreMeta,
     Tie,
     Tombstone,
     Truth,
     VettingRecord,
 )
-from graph._store import Store
+from graph._store import Store, store_secret
 
 __all__ = [
     "ERASED_PREFIX",
@@ -104,17 +104,8 @@ def tombstone_hash(salt: str, person_id: str) -> str:
 
 
 def _salt(s: Session | Connection, create: bool = False) -> str | None:
-    value = s.execute(select(StoreMeta.value).where(StoreMeta.key == SALT_KEY)
-                      ).scalar_one_or_none()
-    if value is not None:
-        return value
-    if not create:
-        return None
-    # Made by the migration; this only covers a store whose row was removed by hand.
-    value = secrets.token_hex(32)
-    s.add(StoreMeta(key=SALT_KEY, value=value))
-    s.flush()
-    return value
+    # One secret per store for every keyed hash of an id (tombstones, change journal).
+    return store_secret(s, create=create)
 
 
 def tombstoned_ids(s: Session | Connection, ids: Iterable[str]) -> set[str]:
@@ -298,7 +289,7 @@ def change_consent(store: Store, person_id: str, consent_matching: bool | None =
                     .values(status="withdrawn")
                 ).rowcount
         s.flush()
-        version = Store.bump_version(s) if changed else None
+        version = Store.bump_version(s, persons=[person_id]) if changed else None
         result = (person.person_id, person.consent_matching, person.consent_lived_experience)
     return ConsentChange(*result, lived_experience_deleted=deleted, offers_withdrawn=withdrawn,
                          version=version if version is not None else store.version())
@@ -435,6 +426,12 @@ def erase_person(store: Store, person_id: str) -> ErasureReport:
         salt = _salt(s, create=True)
         groups = list(s.execute(select(GroupMember.group_id)
                                 .where(GroupMember.person_id == person_id)).scalars())
+        # Whom the erasure changes for matching: the person, their groups and those groups'
+        # other members (a membership, a dissolved group's assignments and capacity).
+        touched = {person_id}
+        if groups:
+            touched |= set(s.execute(select(GroupMember.person_id).where(
+                GroupMember.group_id.in_(groups))).scalars())
         report.memberships = s.execute(
             delete(GroupMember).where(GroupMember.person_id == person_id)).rowcount
         for group_id in groups:
@@ -468,5 +465,5 @@ def erase_person(store: Store, person_id: str) -> ErasureReport:
         s.delete(person)
         s.flush()
         s.merge(Tombstone(person_id_hash=tombstone_hash(salt, person_id), erased_at=now))
-        report.version = Store.bump_version(s)
+        report.version = Store.bump_version(s, persons=touched, groups=groups)
     return report

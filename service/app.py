@@ -14,12 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from graph import CrunchError, NotFoundError, ValidationError, open_store
 from service._provider import EngineProvider, RegistryChampion
+from service.routers._common import conflict_message
 from service.settings import Settings
 
 __all__ = ["create_app"]
@@ -28,7 +29,7 @@ log = logging.getLogger("bigcrunch.service")
 
 
 def create_app(settings: Settings | None = None, model_loader: Callable | None = None,
-               poll: bool = True) -> FastAPI:
+               poll: bool = True, engine_factory: Callable | None = None) -> FastAPI:
     """Build the API.
 
     Parameters
@@ -40,10 +41,13 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
         registry by default; None from the loader means "no champion": day-one policy).
     poll : bool
         Check for a new champion every ``settings.model_poll_seconds``.
+    engine_factory : callable, optional
+        ``(frames, model) -> MatchingEngine``: how engines are built (tests).
     """
     settings = settings or Settings()
     store = open_store(settings.store_url)
-    provider = EngineProvider(store, loader=model_loader or _registry_loader(settings))
+    provider = EngineProvider(store, loader=model_loader or _registry_loader(settings),
+                              engine_factory=engine_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -97,10 +101,20 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
 
     @app.exception_handler(OperationalError)
     async def busy(_: Request, exc: OperationalError) -> JSONResponse:
-        # SQLite's "database is locked" after the busy timeout: the caller may retry.
-        log.warning("store busy: %s", exc.orig)
+        # SQLite's "database is locked" after the busy timeout, a PostgreSQL deadlock or
+        # serialisation failure, a dropped connection: the caller may retry.
+        log.warning("store busy: %s", str(exc.orig).splitlines()[0][:200] if exc.orig else "")
         return JSONResponse({"detail": "the store is busy, retry shortly"}, status_code=503,
                             headers={"Retry-After": "1"})
+
+    @app.exception_handler(IntegrityError)
+    async def conflict(_: Request, exc: IntegrityError) -> JSONResponse:
+        # A concurrent write got there first (an id taken, a row erased meanwhile): a 409
+        # naming the field and id, never a 500. Writes through routers._common.write say
+        # which resource; this catches the others (erasure, consent, decision log, import).
+        return JSONResponse({"detail": f"conflicts with a row stored meanwhile: "
+                                       f"{conflict_message(exc)}; read it again"},
+                            status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

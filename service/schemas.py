@@ -1,9 +1,11 @@
 """Request and response models of the resource endpoints (persons to outcomes).
 
 Every request model refuses unknown fields (``extra="forbid"``) and uses strict types, so a
-misspelt or extra field (``payout`` on a claim, say) is a 422 naming it. Text refuses NUL
-characters and lone surrogates (PostgreSQL stores neither), times need a zone and are kept
-in UTC, numbers are finite and bounded: no body can reach the store with a value it refuses.
+misspelt or extra field (``payout`` on a claim, say) is a 422 naming it; an integer may be
+written ``8`` or ``8.0`` (the same number for JSON Schema), never ``"8"`` or ``true``. Text
+refuses NUL characters and lone surrogates (PostgreSQL stores neither), times need a zone and
+are kept in UTC, numbers are finite and bounded: no body can reach the store with a value it
+refuses.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StrictStr,
     model_validator,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "GroupOut",
     "GroupPatch",
     "ImportOut",
+    "Int",
     "LedgerOut",
     "MemberIn",
     "MissionIn",
@@ -93,6 +96,21 @@ class Forbid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _whole_number(value: object) -> object:
+    # JSON's 8 and 8.0 are the same integer (JSON Schema agrees); "8" and true are not, and
+    # 8.5 is refused by the int type itself.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+
+
+def int_between(ge: int, le: int) -> Any:
+    """:data:`Int` within ``[ge, le]``, for a field that may also be null: the bounds go on
+    the integer itself, or OpenAPI would show them as unknown keywords of the union."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_whole_number)]
 Text = Annotated[StrictStr, AfterValidator(_text)]
 # Ids made through the API are plain; ids referenced may come from a bundle (any text).
 NewId = Annotated[StrictStr, Field(min_length=1, max_length=64,
@@ -127,8 +145,8 @@ class PersonIn(Forbid):
     person_id: NewId | None = Field(None, description="made up when not given")
     area_id: Ref
     joined_at: Time | None = Field(None, description="now when not given")
-    availability_min_per_week: StrictInt = Field(ge=0, le=10080)
-    max_concurrent: StrictInt = Field(1, ge=1, le=100)
+    availability_min_per_week: Int = Field(ge=0, le=10080)
+    max_concurrent: Int = Field(1, ge=1, le=100)
     skills: Tags = []
     lived_experience: Tags = []
     consent_matching: StrictBool
@@ -146,8 +164,8 @@ class PersonPatch(Forbid):
     """Fields to change; consents change through ``PATCH /v1/persons/{id}/consent``."""
 
     area_id: Ref | None = None
-    availability_min_per_week: StrictInt | None = Field(None, ge=0, le=10080)
-    max_concurrent: StrictInt | None = Field(None, ge=1, le=100)
+    availability_min_per_week: int_between(0, 10080) | None = None
+    max_concurrent: int_between(1, 100) | None = None
     skills: Tags | None = None
     lived_experience: Tags | None = None
 
@@ -320,10 +338,10 @@ class _MissionFields(Forbid):
     unit_price: Money | None = None
     fee: Money | None = None
     contract_cap: Money | None = None
-    team_min: StrictInt | None = Field(None, ge=1, le=6)
-    team_max: StrictInt | None = Field(None, ge=1, le=6)
-    minutes_per_day: StrictInt | None = Field(None, ge=1, le=1440)
-    days_per_week: StrictInt | None = Field(None, ge=1, le=7)
+    team_min: int_between(1, 6) | None = None
+    team_max: int_between(1, 6) | None = None
+    minutes_per_day: int_between(1, 1440) | None = None
+    days_per_week: int_between(1, 7) | None = None
     vetting_regime: VettingRegime | None = None
     radius_km: Annotated[StrictFloat, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
 
@@ -348,10 +366,10 @@ class MissionIn(Forbid):
     unit_price: Money | None = None
     fee: Money | None = None
     contract_cap: Money | None = None
-    team_min: StrictInt = Field(1, ge=1, le=6)
-    team_max: StrictInt = Field(1, ge=1, le=6)
-    minutes_per_day: StrictInt = Field(60, ge=1, le=1440)
-    days_per_week: StrictInt = Field(1, ge=1, le=7)
+    team_min: Int = Field(1, ge=1, le=6)
+    team_max: Int = Field(1, ge=1, le=6)
+    minutes_per_day: Int = Field(60, ge=1, le=1440)
+    days_per_week: Int = Field(1, ge=1, le=7)
     vetting_regime: VettingRegime | None = None
     radius_km: Annotated[StrictFloat, Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
 

@@ -6,6 +6,7 @@ Not a router (no ``router`` here): ``create_app`` skips it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from service.deps import Principal
 __all__ = [
     "ERRORS",
     "check_vocab",
+    "conflict_message",
     "given",
     "mission_for",
     "vocabulary",
@@ -83,13 +85,63 @@ def mission_for(s: Session, principal: Principal, mission_id: str,
     return mission
 
 
+_PG_KEY = re.compile(r"^Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\) (?P<what>.*?)\.?$")
+_SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: (?P<cols>.+)$")
+_TABLE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(?P<table>\w+)", re.I)
+_INSERT_COLS = re.compile(r"^\s*INSERT\s+INTO\s+\"?\w+\"?\s*\((?P<cols>[^)]*)\)", re.I)
+
+
+def conflict_message(exc: IntegrityError) -> str:
+    """What an integrity error says, as a 409's message: the table, the field and, for a
+    key, the conflicting id. Never the row itself (PostgreSQL's detail of a failed check
+    holds every column of it, lived experience included)."""
+    orig, statement = exc.orig, exc.statement or ""
+    found = _TABLE.match(statement)
+    table = found["table"] if found else None
+    diag = getattr(orig, "diag", None)  # PostgreSQL (psycopg)
+    if diag is not None:
+        table = diag.table_name or table
+        key = _PG_KEY.match(diag.message_detail or "")
+        if key:
+            return f"{table}.{key['cols']}: {key['vals']!r} {key['what']}"
+        return (f"{table}: the write breaks constraint {diag.constraint_name!r} against a row "
+                "stored meanwhile")
+    text = str(orig)
+    unique = _SQLITE_UNIQUE.search(text)
+    if unique:
+        cols = [c.strip() for c in unique["cols"].split(",")]
+        values = _values(statement, exc.params, [c.split(".")[-1] for c in cols])
+        shown = f" = {values!r}" if values else ""
+        return f"{', '.join(cols)}{shown} already exists (stored meanwhile)"
+    if "FOREIGN KEY" in text:
+        return (f"{table or 'a row'}: refers to a row that is not (or no longer) in the store, "
+                "or a row stored meanwhile refers to it")
+    return f"{table or 'the store'}: {text.split(':')[0]} (a row stored meanwhile)"
+
+
+def _values(statement: str, params: Any, cols: list[str]) -> str | None:
+    """The values of ``cols`` (key columns) in an INSERT's parameters, if it is one row."""
+    found = _INSERT_COLS.match(statement)
+    if not found or not isinstance(params, tuple | list) or not params:
+        return None
+    if isinstance(params[0], tuple | list):  # executemany: which row failed is unknown
+        return None
+    names = [c.strip().strip('"') for c in found["cols"].split(",")]
+    if len(names) != len(params):
+        return None
+    row = dict(zip(names, params, strict=True))
+    if not all(c in row for c in cols):
+        return None
+    return ", ".join(str(row[c]) for c in cols)
+
+
 @contextlib.contextmanager
 def write(store: Store, what: str) -> Iterator[Session]:
     """A write transaction; a constraint the checks did not catch (a concurrent write of
-    the same id) is a 409, never a 500."""
+    the same id) is a 409 naming the field and id, never a 500."""
     try:
         with store.session() as s:
             yield s
     except IntegrityError as exc:
-        raise HTTPException(409, f"{what} conflicts with a row stored meanwhile; "
-                                 f"read it again ({type(exc.orig).__name__})") from None
+        raise HTTPException(409, f"{what} conflicts with a row stored meanwhile: "
+                                 f"{conflict_message(exc)}; read it again") from None

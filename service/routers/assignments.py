@@ -163,7 +163,8 @@ def offer(body: AssignmentIn, store: StoreDep, principal: Writer) -> AssignmentO
                        status="offered", propensity=_propensity(s, body, mission))
         s.add(a)
         s.flush()
-        Store.bump_version(s)
+        # An offer is a hold (capacity, once per mission) of every person it names.
+        Store.bump_version(s, persons=[p.person_id for p in people], groups=[body.group_id])
         return assignment_out(a)
 
 
@@ -184,9 +185,14 @@ def mission_assignments(mission_id: PathId, store: StoreDep,
             .order_by(Assignment.assigned_at, Assignment.assignment_id)).scalars()]
 
 
-def _check_capacity(s: Session, a: Assignment) -> None:
-    people = ([a.person_id] if a.person_id else list(s.execute(
+def _holders_of(s: Session, a: Assignment) -> list[str]:
+    """The persons an assignment holds: its person, or every member of its group."""
+    return ([a.person_id] if a.person_id else list(s.execute(
         select(GroupMember.person_id).where(GroupMember.group_id == a.group_id)).scalars()))
+
+
+def _check_capacity(s: Session, a: Assignment) -> None:
+    people = _holders_of(s, a)
     for pid in sorted(people):  # one lock order for every writer
         person = s.execute(select(Person).where(Person.person_id == pid).with_for_update()
                            ).scalar_one()
@@ -214,5 +220,5 @@ def move(assignment_id: PathId, body: AssignmentPatch, store: StoreDep,
             _check_capacity(s, a)
         a.status = body.status
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, persons=_holders_of(s, a), groups=[a.group_id])
         return assignment_out(a)

@@ -20,7 +20,9 @@ POST /v1/bundles                        data
 ======================================  =====================================================
 
 Writes that change what matching sees (persons, vetting, ties, groups, missions) move the
-store version, so every serving engine rebuilds before its next list.
+store version and journal what they touched (:meth:`graph.Store.bump_version`): every
+serving engine leaves a changed person or group out, and reads a changed mission afresh,
+from its next request until it is rebuilt in the background.
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def create_person(body: PersonIn, store: StoreDep, principal: Steward) -> Person
                         consent_lived_experience=body.consent_lived_experience)
         s.add(person)
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, persons=[pid])
         return _person_out(s, person, principal)
 
 
@@ -236,7 +238,7 @@ def update_person(person_id: PathId, body: PersonPatch, store: StoreDep,
                     else value)
         s.flush()
         if fields:
-            Store.bump_version(s)
+            Store.bump_version(s, persons=[person_id])
         return _person_out(s, person, principal)
 
 
@@ -270,7 +272,7 @@ def create_vetting(person_id: PathId, body: VettingIn, store: StoreDep,
         record = VettingRecord(person_id=person_id, **body.model_dump())
         s.add(record)
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, persons=[person_id])
         return _vetting_out(record)
 
 
@@ -305,7 +307,7 @@ def update_vetting(vetting_id: VettingId, body: VettingPatch, store: StoreDep,
             setattr(record, name, value)
         s.flush()
         if fields:
-            Store.bump_version(s)
+            Store.bump_version(s, persons=[record.person_id])
         return _vetting_out(record)
 
 
@@ -337,7 +339,7 @@ def create_tie(body: TieIn, store: StoreDep, _: Steward) -> TieOut:
                   created_at=body.created_at or _now())
         s.add(tie)
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, persons=[a, b])
         return _tie_out(tie)
 
 
@@ -359,7 +361,7 @@ def update_tie(tie_id: TieId, body: TiePatch, store: StoreDep, _: Steward) -> Ti
             raise NotFoundError(f"tie {tie_id} is not in the store")
         tie.weight = body.weight
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, persons=[tie.person_a, tie.person_b])
         return _tie_out(tie)
 
 
@@ -385,7 +387,8 @@ def _group_out(s: Session, g: PeerGroup) -> GroupOut:
                              for m in members])
 
 
-def _set_members(s: Session, group: PeerGroup, members: list, now: datetime) -> None:
+def _set_members(s: Session, group: PeerGroup, members: list, now: datetime) -> set[str]:
+    """Make ``members`` the group's members; returns everyone who was or is one."""
     current = {m.person_id: m for m in s.execute(
         select(GroupMember).where(GroupMember.group_id == group.group_id)).scalars()}
     wanted = {}
@@ -406,6 +409,7 @@ def _set_members(s: Session, group: PeerGroup, members: list, now: datetime) -> 
         else:
             s.add(GroupMember(group_id=group.group_id, person_id=pid, joined_at=joined))
     s.flush()
+    return set(current) | set(wanted)
 
 
 @router.post("/groups", status_code=201, response_model=GroupOut)
@@ -420,8 +424,8 @@ def create_group(body: GroupIn, store: StoreDep, _: Steward) -> GroupOut:
         group = PeerGroup(group_id=gid, kind=body.kind, created_at=body.created_at or now)
         s.add(group)
         s.flush()
-        _set_members(s, group, body.members, now)
-        Store.bump_version(s)
+        members = _set_members(s, group, body.members, now)
+        Store.bump_version(s, persons=members, groups=[gid])
         return _group_out(s, group)
 
 
@@ -446,11 +450,12 @@ def update_group(group_id: PathId, body: GroupPatch, store: StoreDep, _: Steward
         if "kind" in fields:
             check_vocab(vocabulary(s), "group_kind", "kind", fields["kind"])
             group.kind = fields["kind"]
+        members: set[str] = set()
         if "members" in fields:
-            _set_members(s, group, body.members, _now())
+            members = _set_members(s, group, body.members, _now())
         s.flush()
         if fields:
-            Store.bump_version(s)
+            Store.bump_version(s, persons=members, groups=[group_id])
         return _group_out(s, group)
 
 
@@ -547,7 +552,7 @@ def create_mission(body: MissionIn, store: StoreDep, _: Engineer) -> MissionOut:
         _check_mission(mission)
         s.add(mission)
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, missions=[mid])
         return _mission_out(mission)
 
 
@@ -595,13 +600,31 @@ def update_mission(mission_id: PathId, body: MissionPatch, store: StoreDep,
             if paid:
                 raise HTTPException(409, f"{', '.join(terms)}: the pay terms cannot change "
                                          "once an outcome of the mission is verified")
+        window = {"starts_at", "ends_at"} & {k for k in fields
+                                             if fields[k] != getattr(mission, k)}
         for name, value in fields.items():
             setattr(mission, name, value)
         _check_mission(mission)
         s.flush()
         if fields:
-            Store.bump_version(s)
+            # A new window changes the holds (capacity) of everyone assigned to it.
+            persons, groups = _holders(s, mission_id) if window else ((), ())
+            Store.bump_version(s, persons=persons, groups=groups, missions=[mission_id])
         return _mission_out(mission)
+
+
+def _holders(s: Session, mission_id: str) -> tuple[set[str], set[str]]:
+    """Persons (members of groups included) and groups holding an assignment of the mission
+    (any not declined or withdrawn: the engine's hold rule)."""
+    rows = s.execute(select(Assignment.person_id, Assignment.group_id).where(
+        Assignment.mission_id == mission_id,
+        Assignment.status.not_in(("declined", "withdrawn")))).all()
+    persons = {p for p, _ in rows if p is not None}
+    groups = {g for _, g in rows if g is not None}
+    if groups:
+        persons |= set(s.execute(select(GroupMember.person_id).where(
+            GroupMember.group_id.in_(groups))).scalars())
+    return persons, groups
 
 
 # --------------------------------------------------------------------------- bundles

@@ -21,7 +21,7 @@ from matching._allocation_wiring import allocate_open_missions, allocation_repor
 from matching._teams import missions_for, suggest_teams
 from service._provider import EngineProvider
 from service.deps import Principal, StoreDep, require
-from service.routers.match import ERRORS, Int, engine_for, serve_list
+from service.routers.match import ERRORS, Int, engine_for, serve_list, wait_for_rebuild
 from service.schemas import PathId, Ref
 
 __all__ = ["router"]
@@ -97,6 +97,7 @@ async def shortlist(mission_id: PathId, body: ShortlistRequest, request: Request
     def serve() -> ShortlistOut:
         engine, loaded = engine_for(request)
         mission = engine.mission(mission_id)  # 404 for an unknown id
+        wait_for_rebuild(request, engine, body.pin, "pin")
         try:
             result = engine.shortlist(mission_id, k=body.k, exclude=body.exclude, pin=body.pin,
                                       allow_special_category=_special(principal))
@@ -104,7 +105,8 @@ async def shortlist(mission_id: PathId, body: ShortlistRequest, request: Request
             raise ValidationError(f"pin: {exc}") from None
         teams = (suggest_teams(engine, mission_id, k=body.teams, exclude=body.exclude)
                  if body.teams and int(mission["team_max"]) >= 2 else [])
-        result, sid = serve_list(store, loaded, result, principal, "shortlist", stored=True)
+        result, sid = serve_list(store, loaded, result, principal, "shortlist", stored=True,
+                                 engine=engine)
         return ShortlistOut(
             shortlist_id=sid, mission_id=mission_id, model_version=loaded.version,
             policy=result.policy, filters=result.filters,
@@ -157,6 +159,7 @@ async def person_missions(person_id: PathId, body: MissionsRequest, request: Req
 
     def serve() -> OffersOut:
         engine, loaded = engine_for(request)
+        wait_for_rebuild(request, engine, [person_id], "person_id")
         offers = missions_for(engine, person_id, k=body.k, with_groups=body.with_groups,
                               allow_special_category=_special(principal))
         return OffersOut(person_id=person_id, model_version=loaded.version, missions=[

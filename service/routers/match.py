@@ -4,6 +4,11 @@ Every list served for a stored mission, each re-ask included, goes to the decisi
 (:func:`matching.record_shortlist`) with the version of the model that served it and who
 asked; a list for a mission not stored yet cannot reference it and is not logged (its
 ``shortlist_id`` is null).
+
+Lists are served at once after a write: the engine then serves with the write laid over it
+(:class:`service._provider.PendingView`: changed persons and groups left out, changed
+missions read afresh) while it is rebuilt in the background; such a list's logged filters
+say so under ``pending_changes`` (counts, never ids).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -24,16 +28,16 @@ from pydantic import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from graph import Store, ValidationError
+from graph import NotFoundError, Store, ValidationError
 from graph._vocabulary import OPEN
 from matching import MatchingEngine, ShortlistResult, record_shortlist
-from service._provider import EngineProvider, LoadedModel
+from service._provider import EngineProvider, LoadedModel, PendingView
 from service.deps import Principal, StoreDep, require
 from service.routers.health import SERVED_LISTS
-from service.schemas import Kind, Money, Number, Ref, Text, Time
+from service.schemas import Int, Kind, Money, Number, Ref, Text, Time
 
 __all__ = ["Int", "MatchById", "MatchDraft", "MatchRequest", "MissionDraft", "engine_for",
-           "router", "serve_list"]
+           "router", "serve_list", "wait_for_rebuild"]
 
 router = APIRouter(prefix="/v1", tags=["match"])
 
@@ -42,18 +46,10 @@ ERRORS = {
     403: {"description": "the key's scope may not call this endpoint"},
     404: {"description": "an id in the path or the body is not in the store"},
     422: {"description": "a field is missing, unknown or invalid (the message names it)"},
-    503: {"description": "no model loaded yet, or the store is busy: retry"},
+    503: {"description": "no model loaded yet, the store is busy, or a person or group named "
+                         "changed moments ago and the engine is being rebuilt: retry after "
+                         "the Retry-After header's seconds"},
 }
-
-
-def _whole_number(value: object) -> object:
-    # JSON's 5 and 5.0 are the same integer (JSON Schema agrees); "5" and true are not.
-    if isinstance(value, bool | str | bytes):
-        raise ValueError("must be a whole number")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class MissionDraft(BaseModel):
@@ -144,6 +140,26 @@ def engine_for(request: Request) -> tuple[MatchingEngine, LoadedModel]:
     return provider.engine()
 
 
+def wait_for_rebuild(request: Request, engine: MatchingEngine, ids: list[str],
+                     field: str) -> None:
+    """Refuse, for now, ids the serving engine leaves out because they changed since its
+    build (or are new): a 503 with Retry-After while they are still in the store; a 404
+    for a person erased meanwhile. Nothing to do when no change is pending."""
+    if not isinstance(engine, PendingView):
+        return
+    changed = engine.changed(ids)
+    if not changed:
+        return
+    provider: EngineProvider = request.app.state.provider
+    present = provider.in_store(changed)
+    if present:
+        raise HTTPException(503, f"{field}: {present[:5]} changed moments ago; the engine is "
+                                 "being rebuilt with the change: retry shortly",
+                            headers={"Retry-After": str(provider.retry_after())})
+    if field == "person_id":
+        raise NotFoundError(f"person {changed[0]!r} is not in the store")
+
+
 _NEEDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -167,10 +183,14 @@ def check_draft(engine: MatchingEngine, draft: MissionDraft, field: str = "missi
 
 
 def serve_list(store: Store, loaded: LoadedModel, result: ShortlistResult, principal: Principal,
-               endpoint: str, stored: bool) -> tuple[ShortlistResult, str | None]:
+               endpoint: str, stored: bool, engine: MatchingEngine | None = None
+               ) -> tuple[ShortlistResult, str | None]:
     """Log a served list in the decision log (stored missions only) with the model version
-    that served it; count it."""
+    that served it, and the changes laid over its engine if any; count it."""
     result = dataclasses.replace(result, model_version=loaded.version)
+    if isinstance(engine, PendingView):
+        result = dataclasses.replace(result, filters={**result.filters,
+                                                      "pending_changes": dict(engine.pending)})
     sid = record_shortlist(store, result, requested_by=principal.holder) if stored else None
     SERVED_LISTS.labels(endpoint=endpoint).inc()
     return result, sid
@@ -195,11 +215,12 @@ async def match(body: MatchRequest, request: Request, store: StoreDep,
         mission_id = body.mission_id if isinstance(body, MatchById) else None
         if mission_id is not None:
             engine.mission(mission_id)  # 404 for an unknown id
-            result = engine.shortlist(mission_id, k=body.k)
+            result = engine.shortlist(mission_id, k=body.k, explain=False)
         else:
-            result = engine.shortlist(mission=check_draft(engine, body.mission), k=body.k)
+            result = engine.shortlist(mission=check_draft(engine, body.mission), k=body.k,
+                                      explain=False)
         result, sid = serve_list(store, loaded, result, principal, "match",
-                                 stored=mission_id is not None)
+                                 stored=mission_id is not None, engine=engine)
         return MatchResponse(
             shortlist_id=sid, mission_id=mission_id, model_version=loaded.version,
             candidates=[MatchedCandidate(id=c.candidate_id, kind=c.kind, score=c.score,

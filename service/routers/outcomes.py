@@ -172,7 +172,9 @@ def record_claim(store: Store, principal: Principal, assignment_id: str, body: C
             row.outcome_id = outcome.outcome_id
             row.status_code = 201
             row.response_json = out.model_dump_json()
-        Store.bump_version(s)
+        # Track records only: no hard rule moves, so serving engines need not leave anyone
+        # out; they pick the new history up at their next rebuild.
+        Store.bump_version(s, everything=False)
         return out
 
 
@@ -262,7 +264,7 @@ def _review(store: Store, principal: Principal, outcome_id: str, to: str,
             s.add(review)
         review.reviewed_by, review.reviewed_at, review.note = principal.holder, now, body.note
         s.flush()
-        Store.bump_version(s)
+        Store.bump_version(s, everything=False)  # track records only (see record_claim)
         return outcome_out(s, outcome, mission.mission_id)
 
 

@@ -1,10 +1,15 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from graph import Area, Person, open_store
+import graph._store as store_module
+from graph import Area, Person, Store, open_store
+from graph._models import ChangeJournal
 from graph._payout import PayRule, payout_for, success_for
+from graph._rights import tombstone_hash
+from graph._store import person_key
 
 
 def test_migrations_are_idempotent(store):
@@ -57,6 +62,75 @@ def test_store_version_grows_with_writes(store):
     with store.session() as s:
         assert store.bump_version(s) == 2
     assert store.version() == 2
+
+
+def test_the_journal_names_what_each_version_changed(store):
+    with store.session() as s:
+        v1 = Store.bump_version(s, persons=["P1", "P2", None, "P1"], groups=["G1"])
+    with store.session() as s:
+        v2 = Store.bump_version(s, missions=["M9"], groups=[None])
+    with store.session() as s:
+        v3 = Store.bump_version(s, everything=False)  # an outcome: no hard rule moved
+    secret = store.secret()
+    assert secret is not None
+
+    changes = store.changes_since(0)
+    assert (changes.since, changes.version, changes.everything) == (0, v3, False)
+    assert changes.person_keys == {person_key(secret, "P1"), person_key(secret, "P2")}
+    assert changes.groups == {"G1"} and changes.missions == {"M9"}
+    later = store.changes_since(v1)
+    assert later.missions == {"M9"} and not later.person_keys and not later.groups
+    soft = store.changes_since(v2)
+    assert soft.version == v3 and not soft.named and not soft.everything
+    assert store.changes_since(v3) == store_module.StoreChanges(since=v3, version=v3)
+
+    # Persons by a keyed hash only, and not the tombstone's hash of the same id.
+    with store.reader() as s:
+        keys = set(s.scalars(select(ChangeJournal.key)))
+    assert "P1" not in keys and "P2" not in keys
+    assert tombstone_hash(secret, "P1") not in keys
+    assert store.counts().get("change_journal") is None  # bookkeeping, like store_meta
+
+
+def test_a_change_the_journal_cannot_name_is_everything(store):
+    with store.session() as s:
+        v1 = Store.bump_version(s, persons=["P1"])
+    with store.session() as s:
+        v2 = Store.bump_version(s)  # the call of old: anything may have changed
+    assert store.changes_since(0).everything
+    assert store.changes_since(v1).everything
+    assert not store.changes_since(v2).everything
+
+
+def test_old_journal_rows_are_pruned_and_older_engines_rebuild(store, monkeypatch):
+    with store.session() as s:
+        first = Store.bump_version(s, persons=["P1"])
+    monkeypatch.setattr(store_module, "PRUNE_EVERY", 1)
+    monkeypatch.setattr(store_module, "JOURNAL_RETENTION", timedelta(0))
+    with store.session() as s:
+        second = Store.bump_version(s, groups=["G1"])
+    with store.reader() as s:
+        left = s.execute(select(ChangeJournal.version)).scalars().all()
+    assert first not in left
+    # An engine built before the pruned versions cannot be told what changed: everything.
+    assert store.changes_since(first - 1).everything
+    monkeypatch.setattr(store_module, "JOURNAL_RETENTION", timedelta(days=1))
+    with store.session() as s:
+        third = Store.bump_version(s, missions=["M1"])
+    changes = store.changes_since(second)
+    assert not changes.everything and changes.missions == {"M1"} and changes.version == third
+
+
+def test_a_write_that_fails_journals_nothing(store):
+    with pytest.raises(IntegrityError), store.session() as s:
+        Store.bump_version(s, persons=["P1"])
+        s.add(Person(person_id="P1", area_id="nowhere",
+                     joined_at=datetime(2025, 1, 1, tzinfo=UTC),
+                     availability_min_per_week=60, max_concurrent=1,
+                     consent_matching=True, consent_lived_experience=False))
+    assert store.version() == 0 and store.changes_since(0) == store_module.StoreChanges(0, 0)
+    with store.reader() as s:
+        assert s.execute(select(ChangeJournal)).first() is None
 
 
 @pytest.mark.parametrize(

@@ -85,9 +85,11 @@ def test_declining_or_withdrawing_costs_nothing_in_the_ranking(api):
         before = score_of_p4()
         declined = offer(api, mission="M20", status="offered", person_id="P4")
         api.patch("engineer", f"/v1/assignments/{declined}", json={"status": "declined"})
+        api.settle()  # P4 changed: left out until the engine is rebuilt
         assert score_of_p4() == pytest.approx(before)
         withdrawn = offer(api, mission="M20", status="active", person_id="P4")
         api.patch("engineer", f"/v1/assignments/{withdrawn}", json={"status": "withdrawn"})
+        api.settle()
         assert score_of_p4() == pytest.approx(before)
 
 

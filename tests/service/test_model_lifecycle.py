@@ -1,7 +1,8 @@
 """Model lifecycle: the champion is loaded at start, checked every N seconds and on
 ``POST /v1/model/reload``, swapped atomically (model and engine together), and the old model
 keeps serving when a new one fails to load or fails its smoke check. Several workers on one
-database serve the same champion; a store change rebuilds the engine before the next list."""
+database serve the same champion; a store change reaches the next list of every worker (laid
+over its engine while it is rebuilt: tests/service/test_engine_overlay.py)."""
 
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ def test_two_workers_on_one_database_serve_the_same_champion(city, fm, tmp_path)
         lists = [served(one), served(two), served(one, "M9"), served(two, "M9")]
         assert {x["model_version"] for x in lists} == {"bigcrunch-ranker/2"}
         # A consent withdrawn through one worker takes the person out of the other's lists
-        # from its next request (the store's version moved: its engine is rebuilt first).
+        # from its next request (the store's journal says who changed: left out at once).
         listed = {c["id"] for x in lists for c in x["candidates"] if c["kind"] == "person"}
         gone = sorted(listed)[0]
         r = one.request("data", "PATCH", f"/v1/persons/{gone}/consent",

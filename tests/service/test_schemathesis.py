@@ -8,10 +8,8 @@ that OpenAPI cannot state (a validator's "Value error", such as "give exactly on
 value). A type, format, missing or unknown field refused on schema-valid data still fails
 it: that is the schema and the app disagreeing.
 
-Known disagreement outside the matching endpoints (reported, not fixed here): the resource
-models of ``service/schemas.py`` use ``StrictInt``, which refuses ``8.0``, an integer by JSON
-Schema's definition. Such a case is marked xfail, with that reason, and only when that is
-its only failure; the matching endpoints accept it (``service.routers.match.Int``).
+Integers written ``8.0`` (an integer by JSON Schema's definition) are accepted everywhere
+(``service.schemas.Int``).
 
 The app runs over the API city with the day-one model loaded; calls go in-process (ASGI).
 Calls are made with the admin key (it passes every scope check but the engineer-only
@@ -26,7 +24,6 @@ import os
 import pytest
 import schemathesis
 from schemathesis import GenerationMode
-from schemathesis.core.failures import FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from support.api import KEYS, make_app, populate_api_city
@@ -79,28 +76,9 @@ def positive_data_acceptance_but_rules(ctx, response, case):  # noqa: ANN001, AN
         raise
 
 
-MATCHING = ("/v1/match", "/v1/missions/{mission_id}/shortlist", "/v1/persons/{person_id}/missions",
-            "/v1/allocations", "/v1/model/reload")
-STRICT_INT = "Input should be a valid integer"
-
-
-def _strict_int_only(response, failures: FailureGroup) -> bool:  # noqa: ANN001
-    if response.status_code != 422 or not all(
-            isinstance(f, RejectedPositiveData) for f in failures.exceptions):
-        return False
-    messages = [e["message"] for e in response.json()["detail"]]
-    return STRICT_INT in messages and all(
-        m == STRICT_INT or m.startswith("Value error, ") for m in messages)
-
-
 @schema.parametrize()
 def test_api_conforms_to_its_openapi(case):
     scope = "platform" if case.path == "/v1/match" else "admin"
     response = case.call(headers={"X-API-Key": KEYS[scope]["key"]})
-    try:
-        case.validate_response(response, excluded_checks=[positive_data_acceptance],
-                               additional_checks=[positive_data_acceptance_but_rules])
-    except FailureGroup as failures:
-        if case.path not in MATCHING and _strict_int_only(response, failures):
-            pytest.xfail("service/schemas.py: StrictInt refuses a whole number written 8.0")
-        raise
+    case.validate_response(response, excluded_checks=[positive_data_acceptance],
+                           additional_checks=[positive_data_acceptance_but_rules])

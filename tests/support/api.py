@@ -14,6 +14,7 @@ enters ``with api.serving():``.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -105,11 +106,29 @@ class Api:
         with self.client:
             yield self
 
+    def settle(self, timeout_s: float = 60.0) -> None:
+        """Wait until the serving engine is rebuilt at the store's version.
+
+        After a write, lists are served at once with the write laid over the engine (changed
+        persons left out) while it is rebuilt in the background; a test about what the
+        rebuilt engine scores waits for it here.
+        """
+        provider = self.app.state.provider
+        deadline = time.monotonic() + timeout_s
+        while True:
+            provider.engine()  # notices the new version: starts the rebuild
+            if provider.model.store_version == self.store.version():
+                return
+            assert time.monotonic() < deadline, "the engine was never rebuilt"
+            time.sleep(0.02)
+
 
 def make_app(store_url: str, home: str) -> FastAPI:
     settings = Settings(home=home, database_url=store_url, api_keys=list(KEYS.values()),
                         model_poll_seconds=0)
-    return create_app(settings, model_loader=lambda: None, poll=False)
+    app = create_app(settings, model_loader=lambda: None, poll=False)
+    app.state.provider.rebuild_delay_s = 0.0  # tests wait for rebuilds: no debounce
+    return app
 
 
 @pytest.fixture
