@@ -7,12 +7,18 @@ fresh subprocess per size (so that peak RSS is that of the graph alone):
 - load + build: ``build_community_graph(store)`` plus both CSR operators, wall time and
   the growth of peak RSS;
 - a monthly snapshot from the loaded graph (``graph.snapshot(t)``) with its operators;
-- PPR per mission uncached (median over ``--missions`` missions, each variant) and cached;
+- PPR per mission (median over ``--missions`` missions): one solve of its seeds together
+  without any cache (each variant); its first request (both variants) when none of its
+  seeds is solved yet (four single-seed solves); the warm-up of every area and need type
+  (``CommunityGraph.warm``, both variants), its time and the memory of the single-seed
+  cache; its first request once warm (a vector sum); a repeated request (result cache);
+  the composed vectors against the joint solves and a float64 power iteration;
 - ``ties_succeeded`` for 500 candidates; ``group_signals`` for every group.
 
 Usage::
 
     python bench/bench_graph.py --persons 10000 100000
+    python bench/bench_graph.py --persons 100000 --store-dir /tmp/bench_graph  # keep stores
 
 The data are random, not real people: nothing printed here is personal data.
 """
@@ -229,6 +235,7 @@ def measure(db: Path, n_missions: int, seed: int = 1) -> dict:
     from graph._community_graph import (
         build_community_graph,
         group_signals,
+        mission_seeds,
         personalized_pagerank,
         proximity,
         proximity_le,
@@ -260,38 +267,96 @@ def measure(db: Path, n_missions: int, seed: int = 1) -> dict:
     out["snapshot_s"] = round(time.perf_counter() - t, 3)
 
     rng = np.random.default_rng(seed)
-    # Distinct (area, need) pairs, so that no "uncached" call is served by the cache.
+    # Distinct (area, need) pairs, so that no "first request" is served by the result cache.
     missions = graph.missions.unique(["area_id", "need_type"]).sort("mission_id").sample(
         n_missions, seed=seed)
-    base, le, cached, iters, cpu = [], [], [], [], []
-    for area, need in missions.select("area_id", "need_type").iter_rows():
+    pairs = list(missions.select("area_id", "need_type").iter_rows())
+
+    def timed(fn) -> tuple[float, float]:  # noqa: ANN001
         t, c = time.perf_counter(), time.process_time()
-        proximity(graph, area, need)
-        base.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+        fn()
+        return time.perf_counter() - t, time.process_time() - c
+
+    # One solve of a mission's seeds together, per variant (no cache at all): the cost of
+    # each of the two solves of a first request before single-seed composition.
+    joint, joint_cpu, joint_le, iters = [], [], [], []
+    for area, need in pairs:
+        seeds = mission_seeds(area, need)
+        w, c = timed(lambda s=seeds: personalized_pagerank(graph, s, use_cache=False))
+        joint.append(w)
+        joint_cpu.append(c)
         iters.append(graph.cache_info()["last_iterations"])
-        t = time.perf_counter()
-        proximity_le(graph, area, need)
-        le.append(time.perf_counter() - t)
+        w, _ = timed(lambda s=seeds: personalized_pagerank(graph, s, lived_experience=True,
+                                                           use_cache=False))
+        joint_le.append(w)
         iters.append(graph.cache_info()["last_iterations"])
-        t = time.perf_counter()
-        proximity(graph, area, need)
-        cached.append(time.perf_counter() - t)
-    assert graph.cache_info()["misses"] == 2 * len(missions)
-    out["ppr_ms_median"] = round(statistics.median(base) * 1000, 2)
-    out["ppr_ms_max"] = round(max(base) * 1000, 2)
+    out["ppr_ms_median"] = round(statistics.median(joint) * 1000, 2)
+    out["ppr_ms_max"] = round(max(joint) * 1000, 2)
     # CPU time of the same calls: what wall time would be on an otherwise idle machine.
-    out["ppr_cpu_ms_median"] = round(statistics.median(cpu) * 1000, 2)
-    out["ppr_le_ms_median"] = round(statistics.median(le) * 1000, 2)
-    out["ppr_cached_ms_median"] = round(statistics.median(cached) * 1000, 4)
+    out["ppr_cpu_ms_median"] = round(statistics.median(joint_cpu) * 1000, 2)
+    out["ppr_le_ms_median"] = round(statistics.median(joint_le) * 1000, 2)
     out["cg_iterations"] = sorted(set(iters))
 
-    # Accuracy of the default tolerance against a float64 power iteration (300 steps).
-    area, need = missions["area_id"][0], missions["need_type"][0]
-    seeds = {("area", area): 0.5, ("need", need): 0.5}
+    # A mission's first request with no seed solved yet (cache cleared before each): both
+    # variants, so four single-seed solves.
+    cold, cold_cpu = [], []
+    for area, need in pairs:
+        graph.clear_cache()
+        w, c = timed(lambda a=area, n=need: (proximity(graph, a, n), proximity_le(graph, a, n)))
+        cold.append(w)
+        cold_cpu.append(c)
+    out["first_request_cold_seeds_ms_median"] = round(statistics.median(cold) * 1000, 2)
+    out["first_request_cold_seeds_cpu_ms_median"] = round(statistics.median(cold_cpu) * 1000, 2)
+
+    # Warm-up: every area and need type, both variants (what MatchingEngine.warm_up does).
+    graph.clear_cache()
+    seeds = ([("need", n) for n in graph.nodes.ids("need")]
+             + [("area", a) for a in graph.nodes.ids("area")])
+    solved = []
+    w, c = timed(lambda: solved.extend(graph.warm(seeds, lived_experience=le)
+                                       for le in (False, True)))
+    info = graph.cache_info()
+    out["warm_up_seeds"] = len(seeds)
+    out["warm_up_solves"] = sum(solved)
+    out["warm_up_s"] = round(w, 2)
+    out["warm_up_cpu_s"] = round(c, 2)
+    out["warm_up_cpu_ms_per_solve"] = round(c / max(sum(solved), 1) * 1000, 2)
+    out["seed_vector_mb"] = round(4 * len(graph.nodes) / 2**20, 3)
+    out["seed_cache_mb"] = info["seed_mb"]
+    out["seed_cache_max_vectors"] = info["seed_max_size"]
+
+    # A mission's first request once its seeds are warm, then a repeated one (result cache).
+    first, first_cpu, cached = [], [], []
+    for area, need in pairs:
+        w, c = timed(lambda a=area, n=need: (proximity(graph, a, n), proximity_le(graph, a, n)))
+        first.append(w)
+        first_cpu.append(c)
+        w, _ = timed(lambda a=area, n=need: proximity(graph, a, n))
+        cached.append(w)
+    assert graph.cache_info()["seed_misses"] == info["seed_misses"]  # no solve
+    out["first_request_warm_seeds_ms_median"] = round(statistics.median(first) * 1000, 3)
+    out["first_request_warm_seeds_cpu_ms_median"] = round(statistics.median(first_cpu) * 1000,
+                                                          3)
+    out["ppr_cached_ms_median"] = round(statistics.median(cached) * 1000, 4)
+
+    # Accuracy: the composed vector against the joint solve (both at the default tolerance)
+    # over the missions, and against a float64 power iteration (300 steps).
+    persons = graph.nodes.slice("person")
+    err, overlap = 0.0, 1.0
+    for area, need in pairs:
+        for le in (False, True):
+            s = mission_seeds(area, need)
+            composed = personalized_pagerank(graph, s, lived_experience=le)
+            alone = personalized_pagerank(graph, s, lived_experience=le, use_cache=False)
+            err = max(err, float(np.abs(composed - alone).max() / alone.max()))
+            top = set(np.argsort(-alone[persons])[:100])
+            overlap = min(overlap, len(top & set(np.argsort(-composed[persons])[:100])) / 100)
+    out["composed_vs_joint_max_err_rel_to_max"] = err
+    out["composed_vs_joint_top100_overlap_min"] = overlap
+    area, need = pairs[0]
+    seeds = mission_seeds(area, need)
     fast = personalized_pagerank(graph, seeds).astype(np.float64)
     ref = _reference_ppr(graph, seeds)
-    persons = graph.nodes.slice("person")
     top = set(np.argsort(-ref[persons])[:100])
     out["ppr_max_err_rel_to_max"] = float(np.abs(fast - ref)[persons].max()
                                           / ref[persons].max())
@@ -323,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--missions", type=int, default=20)
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to write the SQLite stores (default: a temporary folder)")
+    parser.add_argument("--store-dir", type=Path, default=None,
+                        help="keep the stores in this folder and reuse those found there")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -330,19 +397,26 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench_graph_", dir=args.dir) as tmp:
         for n in args.persons:
-            db = Path(tmp) / f"store_{n}.db"
+            folder = args.store_dir or Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            db = folder / f"store_{n}_t{args.ties_per_person}.db"
             t = time.perf_counter()
-            generate_store(db, n, args.ties_per_person).dispose()
+            reused = args.store_dir is not None and db.exists()
+            if not reused:  # written aside, then renamed: never a half-written store
+                part = db.with_suffix(".part")
+                generate_store(part, n, args.ties_per_person).dispose()
+                part.replace(db)
             gen = time.perf_counter() - t
             res = subprocess.run(
                 [sys.executable, __file__, "--measure", str(db), "--missions",
                  str(args.missions)], check=True, capture_output=True, text=True,
                 env={**os.environ})
             out = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"# {n} persons (store generated in {gen:.1f} s; load average "
+            made = f"reused {db}" if reused else f"generated in {gen:.1f} s"
+            print(f"# {n} persons (store {made}; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
             for k, v in out.items():
-                print(f"{k:32s} {v}")
+                print(f"{k:40s} {v}")
             sys.stdout.flush()
 
 

@@ -54,9 +54,9 @@ reaches a node without, so ``|z(e_i)|`` is 1 for a seed with edges and ``restart
 without. Hence for ``s = sum_i w_i e_i``, ``x(s) = sum_i w_i m_i x(e_i) / sum_i w_i m_i``
 with ``m_i`` that mass: the solution of a mission (half its area, half its need type) is a
 weighted sum of two single-seed solutions. :func:`personalized_pagerank` caches a solve per
-single seed (:meth:`CommunityGraph.warm` solves many at once, ahead of requests), and a
-mission's vector costs a vector sum when its area and need type have been solved before:
-areas and need types are few, missions many.
+single seed (:meth:`CommunityGraph.warm` solves them ahead of requests), and a mission's
+vector costs a vector sum once its area and need type have been solved: areas and need
+types are few, missions many.
 
 Lived experience is special-category data. Proximity computed over a graph that contains
 lived-experience edges (``lived_experience=True``, the signal ``proximity_le``) is derived
@@ -435,7 +435,7 @@ class CommunityGraph:
         Most PPR results (one per seed set and variant) kept in the LRU cache.
     seed_cache_mb : float
         Memory bound of the single-seed solves kept to compose PPR results from (float32
-        over every node: 0.44 MB each at 100k persons). 0 turns the decomposition off:
+        over every node: 0.4 MB each at 100k persons). 0 turns the decomposition off:
         every seed set is then solved on its own.
     """
 
@@ -1003,13 +1003,23 @@ def personalized_pagerank(
     max_iter : int, default 100
     use_cache : bool, default True
         Look up and store the result in the graph's LRU cache, keyed on
-        ``(seeds, version, as_of, variant, restart, tol, max_iter)``.
+        ``(seeds, version, as_of, variant, restart, tol, max_iter)``, and compose it from
+        cached single-seed solves (solving the seeds not cached yet). False solves this
+        seed distribution on its own and caches nothing.
 
     Returns
     -------
     numpy.ndarray
         float32 scores over :attr:`CommunityGraph.nodes`, summing to 1; read-only (it may
         be the cached array). ``scores[graph.nodes.slice("person")]`` are the persons'.
+
+    Notes
+    -----
+    A composed result is as accurate as a joint solve: each single-seed solve stops at a
+    relative residual of ``tol``, and single seeds have disjoint right-hand sides, so
+    composing ``k`` seeds leaves a relative residual of at most about ``sqrt(k) * tol``. At
+    100k persons, a mission's composed vector and its joint solve differ by at most 1.3e-5
+    of the largest score (``bench/bench_graph.py``, 20 missions, both variants).
     """
     if not 0 < restart < 1:
         raise ValueError("restart must be in (0, 1)")

@@ -423,10 +423,122 @@ def test_ppr_cache(graph, monkeypatch):
     graph.cache_size = 2
     proximity(graph, "A3", "drug_outreach")
     assert graph.cache_info()["size"] == 2  # least recently used entries evicted
-    proximity(graph, "A1", "drug_outreach")
-    assert len(calls) == 7
+    again = proximity(graph, "A1", "drug_outreach")
+    # The evicted result is composed again from the single-seed solves of A1 and
+    # drug_outreach, which are still cached: no solve.
+    assert len(calls) == 6 and graph.cache_info()["seed_size"] == 6
+    np.testing.assert_array_equal(again, first)
     with pytest.raises(ValueError):
         first[0] = 1.0  # cached arrays are read-only
+    # The single-seed cache is an LRU too, bounded in memory: room for two vectors here.
+    graph.clear_cache()
+    graph.seed_cache_mb = 2 * 4 * len(graph.nodes) / 2**20
+    proximity(graph, "A1", "drug_outreach")  # both seeds in one call
+    proximity(graph, "A2", "drug_outreach")  # A2 solved, A1 evicted
+    assert len(calls) == 8
+    info = graph.cache_info()
+    assert (info["seed_size"], info["seed_max_size"]) == (2, 2)
+    personalized_pagerank(graph, [("area", "A1")])
+    assert len(calls) == 9
+
+
+def test_ppr_composed_from_single_seeds_equals_the_joint_solve(graph):
+    """PPR is linear in its seeds: a mission's vector is a weighted sum of single-seed
+    solves, also when a seed has no edge (rent_arrears has no mission, job_search not even a
+    lived-experience edge: a walker there returns to the seeds, and such a seed's mass
+    weighs ``restart``, not 1)."""
+    for g in (graph, graph.snapshot(T)):
+        for le in (False, True):
+            for seeds in (mission_seeds("A1", "drug_outreach"),
+                          mission_seeds("A2", "rent_arrears"),
+                          {("area", "A3"): 3.0, ("person", "P1"): 1.0,
+                           ("need", "job_search"): 2.0}):
+                composed = personalized_pagerank(g, seeds, lived_experience=le, tol=1e-6)
+                joint = personalized_pagerank(g, seeds, lived_experience=le, tol=1e-6,
+                                              use_cache=False)
+                np.testing.assert_allclose(composed, joint, atol=2e-6)
+                np.testing.assert_allclose(composed, _nx_ppr(g, seeds, le), atol=2e-6)
+                assert composed.sum() == pytest.approx(1.0, abs=1e-6)
+                assert not composed.flags.writeable
+    # At the default tolerance, as close to networkx as the joint solve is required to be.
+    seeds = mission_seeds("A2", "drug_outreach")
+    ref = _nx_ppr(graph, seeds, True)
+    x = personalized_pagerank(graph, seeds, lived_experience=True)
+    assert np.abs(x - ref).max() <= 1e-3 * ref.max()
+    # 7 distinct seeds per variant at tol 1e-6, then A2 and drug_outreach at the default tol
+    assert graph.cache_info()["seed_misses"] == 2 * 7 + 2
+
+
+def test_ppr_without_the_single_seed_cache_solves_each_seed_set(graph, monkeypatch):
+    import graph._community_graph as cg
+
+    calls = []
+    solve = cg._solve_ppr
+    monkeypatch.setattr(cg, "_solve_ppr", lambda *a, **k: calls.append(a[1].ndim) or solve(*a, **k))
+    graph.seed_cache_mb = 0
+    x = proximity(graph, "A1", "drug_outreach")
+    proximity(graph, "A1", "rent_arrears")
+    assert calls == [1, 1] and graph.cache_info()["seed_size"] == 0
+    np.testing.assert_allclose(x, _nx_ppr(graph, mission_seeds("A1", "drug_outreach"), False)
+                               [graph.nodes.slice("person")], atol=1e-3 * x.max())
+
+
+def test_warm_solves_single_seeds_ahead_of_requests(graph, monkeypatch):
+    import graph._community_graph as cg
+
+    calls = []
+    solve = cg._solve_ppr
+    monkeypatch.setattr(cg, "_solve_ppr", lambda *a, **k: calls.append(1) or solve(*a, **k))
+    seeds = [("need", "drug_outreach"), ("area", "A1"), ("area", "A2"), ("area", "A1")]
+    assert graph.warm(seeds) == 3 and len(calls) == 3  # duplicates solved once
+    assert graph.warm(seeds) == 0  # already warm
+    assert graph.warm(seeds, lived_experience=True) == 3
+    before = len(calls)
+    base = proximity(graph, "A2", "drug_outreach")
+    le = proximity_le(graph, "A1", "drug_outreach")
+    assert len(calls) == before  # composed from warm seeds: no solve
+    np.testing.assert_allclose(
+        base, personalized_pagerank(graph, mission_seeds("A2", "drug_outreach"),
+                                    use_cache=False)[graph.nodes.slice("person")],
+        atol=1e-3 * base.max())
+    assert np.argmax(le) == 0  # P1, as without the warm-up
+    info = graph.cache_info()
+    assert (info["seed_size"], info["seed_misses"], info["seed_hits"]) == (6, 6, 4)
+    with pytest.raises(NotFoundError):
+        graph.warm([("area", "A4")])
+    with pytest.raises(ValueError):
+        graph.warm([("area", "A3")], restart=0.0)
+    # No more seeds than the cache holds, the first given first: it never evicts its own.
+    graph.clear_cache()
+    graph.seed_cache_mb = 2 * 4 * len(graph.nodes) / 2**20
+    assert graph.warm([("area", "A3"), ("area", "A2"), ("area", "A1")]) == 2
+    assert graph.warm([("area", "A3"), ("area", "A2")]) == 0
+
+
+def test_warm_from_a_thread_while_requests_are_served(graph):
+    import threading
+
+    expected = {(a, n, le): personalized_pagerank(graph, mission_seeds(a, n),
+                                                  lived_experience=le, use_cache=False)
+                for a in ("A1", "A2", "A3") for n in NEED_TYPES for le in (False, True)}
+    seeds = [("need", n) for n in NEED_TYPES] + [("area", a) for a in ("A1", "A2", "A3")]
+    errors = []
+
+    def warm() -> None:
+        try:
+            for le in (False, True):
+                graph.warm(seeds, lived_experience=le)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=warm)
+    thread.start()
+    for (a, n, le), x in expected.items():
+        got = personalized_pagerank(graph, mission_seeds(a, n), lived_experience=le)
+        np.testing.assert_allclose(got, x, atol=1e-3 * x.max())
+    thread.join()
+    assert not errors
+    assert graph.cache_info()["seed_size"] == 2 * len(seeds)
 
 
 @settings(max_examples=25, deadline=None)
@@ -441,6 +553,8 @@ def test_ppr_matches_networkx_on_random_graphs(data):
     seeds = {("person", f"P{data.draw(st.integers(0, n - 1))}"): 1.0, ("area", "A0"): 0.5}
     x = personalized_pagerank(graph, seeds, tol=1e-6, use_cache=False)
     np.testing.assert_allclose(x, _nx_ppr(graph, seeds, True), atol=2e-6)
+    composed = personalized_pagerank(graph, seeds, tol=1e-6)  # from single-seed solves
+    np.testing.assert_allclose(composed, x, atol=2e-6)
 
 
 # --------------------------------------------------------------------- tie signals
