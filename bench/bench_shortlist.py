@@ -25,6 +25,7 @@ Usage::
     python bench/bench_shortlist.py                    # 10k and 100k persons
     python bench/bench_shortlist.py --persons 10000 --profile
     python bench/bench_shortlist.py --no-explain      # as /v1/match serves (explain=False)
+    python bench/bench_shortlist.py --no-explain --warm-up   # ... after the service's warm-up
 
 The data are synthetic, not real people: nothing printed here is personal data.
 """
@@ -76,7 +77,7 @@ def _stats(calls: list[dict]) -> dict:
 
 
 def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool,
-        explain: bool = True) -> dict:
+        explain: bool = True, warm_up: bool = False) -> dict:
     """Measure on an existing store; run in a fresh process per size."""
     import features
     import graph
@@ -91,6 +92,9 @@ def run(db: Path, n_served: int, repeats: int, k: int, do_profile: bool,
         fm = features.FeatureModel().fit(frames, now)
     with measure("MatchingEngine build", stages):
         engine = matching.MatchingEngine(frames, fm, matching.PriorRanker(), now=now)
+    if warm_up:  # as the service does in the background after each build
+        with measure("MatchingEngine.warm_up", stages):
+            engine.warm_up()
 
     ids = recent_missions(frames.missions, n_served + 2)
     status = dict(frames.missions.select("mission_id", "status").iter_rows())
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="cProfile one first and one repeated request")
     parser.add_argument("--no-explain", action="store_true",
                         help="serve as the platform does: shortlist(..., explain=False)")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="run MatchingEngine.warm_up() (PageRank of every seed) before "
+                             "serving, as the service does after each build")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--report", type=Path,
                         help="print the report of results saved with --json, measure nothing")
@@ -270,11 +277,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.measure:
         res = run(args.measure, args.missions_served, args.repeats, args.k, args.profile,
-                  explain=not args.no_explain)
+                  explain=not args.no_explain, warm_up=args.warm_up)
         print(json.dumps(res))
         return
     info = machine()
     info["explain"] = not args.no_explain
+    info["warm_up"] = args.warm_up
     results = {}
     for n in args.persons:
         db, built = community_store(n, args.missions, args.seed,
@@ -284,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
             "--measure", str(db), "--missions-served", str(args.missions_served),
             "--repeats", str(args.repeats), "-k", str(args.k),
             *(["--profile"] if args.profile else []),
-            *(["--no-explain"] if args.no_explain else [])])
+            *(["--no-explain"] if args.no_explain else []),
+            *(["--warm-up"] if args.warm_up else [])])
         res["store"] = (f"{'reused' if built['reused'] else 'built'}: simulate "
                         f"{built['simulate_s']:.0f} s + import {built['import_s']:.0f} s, "
                         f"{args.missions or default_missions(n)} missions")
