@@ -25,6 +25,14 @@ engine older than the journal) still rebuilds before the next request, as does a
 swap. Outcomes change track records only: they move the version (the next rebuild learns
 them) but leave nobody out.
 
+Every engine is warmed up (:meth:`MatchingEngine.warm_up`: the personalised PageRank of
+every area and need type, which the first request of a mission would otherwise solve on its
+own path: ~70 ms of CPU instead of ~25 at 100,000 persons, bench/bench_api.py). An engine
+that replaces one (a background rebuild, a new champion) is warmed before the swap, while the
+old, warm one serves: the warm-up holds the GIL most of the time and slows the requests
+served beside it, cold seeds or not. The first engine of the process, and one rebuilt on a
+request's path, serve at once and are warmed in a background thread.
+
 Several workers (processes) on one database each hold their own pair; they agree because the
 store and the registry are the only sources: each polls the registry and reads the store's
 version, so all serve the same champion within one poll interval, and every served list
@@ -276,11 +284,14 @@ class EngineProvider:
         that a burst of writes makes one rebuild (the overlay serves meanwhile).
     retry_s : float
         After a failed background rebuild, how long before the next try.
+    warm_up : bool
+        Warm every engine up in a background thread once it serves (engines without a
+        ``warm_up`` method are left as they are).
     """
 
     def __init__(self, store: Store, loader: Loader | None = None, max_age_s: float = 900.0,
                  engine_factory: Callable | None = None, rebuild_delay_s: float = 2.0,
-                 retry_s: float = 30.0) -> None:
+                 retry_s: float = 30.0, warm_up: bool = True) -> None:
         self.store = store
         self._loader = loader
         self.max_age_s = max_age_s
@@ -300,6 +311,11 @@ class EngineProvider:
         self.last_error: str | None = None
         self.swaps = 0
         self.rebuilds = 0  # engines built for the current model (synchronously or not)
+        self.warm_up = warm_up
+        self._warming = False  # a warm-up thread runs
+        self._warm_again = False  # an engine was swapped in since it took its engine
+        self.last_warm_up: dict | None = None  # what the last finished warm-up did
+        self.last_warm_s = 0.0
 
     @property
     def ready(self) -> bool:
@@ -314,7 +330,7 @@ class EngineProvider:
 
     def retry_after(self) -> int:
         """Seconds a caller should wait for the rebuild under way (for a Retry-After)."""
-        return max(1, math.ceil(self.rebuild_delay_s + self.last_build_s))
+        return max(1, math.ceil(self.rebuild_delay_s + self.last_build_s + self.last_warm_s))
 
     def _build(self, model: EngineModel, current: LoadedModel | None = None,
                version: str | None = None) -> LoadedModel:
@@ -357,6 +373,8 @@ class EngineProvider:
                 smoke_check(model)
                 fresh = self._build(model, version=version)
                 smoke_check(model, fresh.engine)
+                if current is not None:
+                    self._warm(fresh)  # the old model serves meanwhile
             except Exception as exc:  # noqa: BLE001 - any failure keeps the old model serving
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("model load failed, keeping %s: %s",
@@ -366,6 +384,8 @@ class EngineProvider:
                 self._current = fresh
             self.last_error = None
             self.swaps += 1
+            if current is None:  # the first engine serves at once, warmed meanwhile
+                self._warm_in_background()
             log.info("serving model %s (was %s)", version, current.version if current else None)
             return True
 
@@ -440,12 +460,58 @@ class EngineProvider:
                                    .where(PeerGroup.group_id.in_(ids))))
         return [i for i in ids if i in found]
 
-    def _swap_engine(self, old: LoadedModel, new: LoadedModel) -> None:
+    def _swap_engine(self, old: LoadedModel, new: LoadedModel, warm: bool = False) -> None:
         # Only over the pair it was built from: a model swapped meanwhile carries its own
         # engine, and a newer engine built meanwhile is not replaced by an older one.
         with self._swap_lock:
-            if self._current is old:
+            swapped = self._current is old
+            if swapped:
                 self._current = new
+        if swapped and not warm:
+            self._warm_in_background()
+
+    def _warm(self, loaded: LoadedModel) -> None:
+        """Warm ``loaded``'s engine up, here and now; a failure is logged (requests then
+        solve what they need themselves)."""
+        warm_up = getattr(loaded.engine, "warm_up", None) if self.warm_up else None
+        if warm_up is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            done = dict(warm_up())
+        except Exception as exc:  # noqa: BLE001 - the engine serves cold
+            log.warning("engine warm-up failed: %s: %s", type(exc).__name__, exc)
+            return
+        self.last_warm_s = time.perf_counter() - t0
+        self.last_warm_up = {**done, "store_version": loaded.store_version}
+        log.info("engine warmed up for store version %s: %s seeds, %s solves in %.1f s",
+                 loaded.store_version, done.get("seeds"), done.get("solved"),
+                 self.last_warm_s)
+
+    def _warm_in_background(self) -> None:
+        """Warm the serving engine up in a background thread (one thread at a time: an
+        engine swapped in while it runs is warmed next, an engine swapped out meanwhile is
+        not). Requests go on being served, by the same engine, meanwhile."""
+        if not self.warm_up:
+            return
+        with self._swap_lock:
+            self._warm_again = True
+            if self._warming:
+                return
+            self._warming = True
+
+        def warm() -> None:
+            while True:
+                with self._swap_lock:
+                    if not self._warm_again:
+                        self._warming = False
+                        return
+                    self._warm_again = False
+                    current = self._current
+                if current is not None:
+                    self._warm(current)
+
+        threading.Thread(target=warm, name="engine-warm-up", daemon=True).start()
 
     def _refresh_in_background(self, current: LoadedModel, delay: float = 0.0,
                                changes: bool = False) -> None:
@@ -471,7 +537,8 @@ class EngineProvider:
                         return  # rebuilt meanwhile
                     fresh = self._build(base.model, base)
                     self.rebuilds += 1
-                self._swap_engine(base, fresh)
+                self._warm(fresh)  # the serving engine (and overlay) serve meanwhile
+                self._swap_engine(base, fresh, warm=True)
                 if self.last_error and self.last_error.startswith("engine refresh failed"):
                     self.last_error = None
             except Exception as exc:  # noqa: BLE001 - the old engine (and overlay) serve on

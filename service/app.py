@@ -14,12 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Histogram
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph import CrunchError, NotFoundError, ValidationError, open_store
 from service._provider import EngineProvider, RegistryChampion
+from service._sqlite import tune_sqlite
 from service.routers._common import conflict_message
 from service.settings import Settings
 
@@ -46,8 +49,9 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
     """
     settings = settings or Settings()
     store = open_store(settings.store_url)
+    tune_sqlite(store)  # decision-log writes without an fsync of their own (SQLite WAL)
     provider = EngineProvider(store, loader=model_loader or _registry_loader(settings),
-                              engine_factory=engine_factory)
+                              engine_factory=engine_factory, warm_up=settings.warm_up)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -71,21 +75,15 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
     from service import routers
     from service.routers import health
 
-    # Every module of service/routers with a `router` is one resource.
-    for info in sorted(pkgutil.iter_modules(routers.__path__), key=lambda m: m.name):
+    # Every module of service/routers with a `router` is one resource. /v1/match first:
+    # routing tries the routes in order, and it is the one called on every served list.
+    for info in sorted(pkgutil.iter_modules(routers.__path__),
+                       key=lambda m: (m.name != "match", m.name)):
         module = importlib.import_module(f"service.routers.{info.name}")
         if hasattr(module, "router"):
             app.include_router(module.router)
 
-    @app.middleware("http")
-    async def timing(request: Request, call_next):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        health.REQUEST_LATENCY.labels(
-            path=getattr(route, "path", "unmatched"), method=request.method,
-            status=str(response.status_code)).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(RequestTiming, histogram=health.REQUEST_LATENCY)
 
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -135,6 +133,42 @@ def create_app(settings: Settings | None = None, model_loader: Callable | None =
         return JSONResponse({"detail": errors}, status_code=422)
 
     return app
+
+
+class RequestTiming:
+    """Pure ASGI middleware: every HTTP request's latency into ``histogram``, by route
+    template, method and status.
+
+    Not ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs the rest of
+    the app in a task of its own and streams the response through a memory channel, a
+    cost paid on every request.
+    """
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = "500"  # an exception no handler answered
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router writes the matched route into the scope (unmatched: 404 paths).
+            route = scope.get("route")
+            self.histogram.labels(path=getattr(route, "path", "unmatched"),
+                                  method=scope["method"], status=status
+                                  ).observe(time.perf_counter() - t0)
 
 
 def _methods_of(app: FastAPI, scope: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated
 
@@ -298,9 +299,16 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         err.print("no API key configured (CRUNCH_API_KEYS): every /v1 call answers 401")
     for name, url in _urls(host, port):
         console.print(f"{name:>9}: {url}")
+    # The service's own log (engine builds, swaps, warm-ups, failed loads) beside uvicorn's.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    level = {"trace": "DEBUG"}.get(log_level.lower(), log_level.upper())
+    log_config["loggers"]["bigcrunch"] = {"handlers": ["default"], "level": level,
+                                          "propagate": False}
     # A factory: every worker builds its own app from the environment (CRUNCH_*).
+    # uvloop and httptools (uvicorn[standard]) are used when installed ("auto").
     uvicorn.run("service.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level, access_log=access_log)
+                workers=workers, log_level=log_level, access_log=access_log,
+                log_config=log_config)
 
 
 @app.command("serve")

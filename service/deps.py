@@ -41,11 +41,15 @@ class Principal:
         return self.scope == "admin"
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def``: they do no I/O, and FastAPI would run a plain ``def``
+# in the thread pool, one thread hop (and GIL hand-over) each, per request.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
@@ -62,7 +66,7 @@ def _match(keys: list[ApiKey], presented: str) -> ApiKey | None:
     return found
 
 
-def current_principal(
+async def current_principal(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header(description="API key")] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -89,7 +93,7 @@ def require(*scopes: str):  # noqa: ANN201
     if unknown:
         raise ValueError(f"unknown scopes {sorted(unknown)}")
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.scope not in scopes and not principal.is_admin:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

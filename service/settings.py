@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     port: int = 8000
     workers: int = 1
     model_poll_seconds: float = 30.0
+    # Warm every engine up (the PageRank of every area and need type) once built, so that
+    # first requests do not solve it (CRUNCH_WARM_UP=false: they do; ~200 MB less at 100k).
+    warm_up: bool = True
     mlflow_tracking_uri: str | None = None
 
     @property

@@ -32,6 +32,7 @@ from graph import NotFoundError, Store, ValidationError
 from graph._vocabulary import OPEN
 from matching import MatchingEngine, ShortlistResult, record_shortlist
 from service._provider import EngineProvider, LoadedModel, PendingView
+from service._sqlite import relaxed_commit
 from service.deps import Principal, StoreDep, require
 from service.routers.health import SERVED_LISTS
 from service.schemas import Int, Kind, Money, Number, Ref, Text, Time
@@ -191,7 +192,12 @@ def serve_list(store: Store, loaded: LoadedModel, result: ShortlistResult, princ
     if isinstance(engine, PendingView):
         result = dataclasses.replace(result, filters={**result.filters,
                                                       "pending_changes": dict(engine.pending)})
-    sid = record_shortlist(store, result, requested_by=principal.holder) if stored else None
+    sid = None
+    if stored:
+        # Durable at the next checkpoint or community write, not before: a list served just
+        # before a power loss may go unlogged, nothing worse (see service._sqlite).
+        with relaxed_commit():
+            sid = record_shortlist(store, result, requested_by=principal.holder)
     SERVED_LISTS.labels(endpoint=endpoint).inc()
     return result, sid
 
