@@ -112,7 +112,9 @@ def evaluate_cmd(
         help="ISO time T: fit before T, evaluate on missions created after T whose window "
              "closed (default: the 80 % point of missions by creation)")] = None,
     k: Annotated[int, typer.Option(min=1, help="list length for @k metrics")] = 10,
-    estimator: Annotated[str, typer.Option(help="hgb, logistic, lightgbm or lgbm_rank")] = "hgb",
+    estimator: Annotated[str | None, typer.Option(
+        help="hgb, logistic, lightgbm or lgbm_rank (default: the engine's default, "
+             "matching._ranker.DEFAULT_ESTIMATOR)")] = None,
     max_missions: Annotated[int | None, typer.Option(help="evaluate at most this many")] = None,
     seed: Annotated[int, typer.Option(help="seed of the policy's draws")] = 0,
 ) -> None:
@@ -122,6 +124,7 @@ def evaluate_cmd(
     from graph import community_graph_from_frames, load_frames, load_truth
     from training import default_split, evaluate, fit_engine_model
 
+    estimator = _estimator(estimator)
     store = open_store(_settings().store_url)
     frames = load_frames(store)
     if frames.missions.is_empty():
@@ -150,12 +153,26 @@ def _mlflow_config(settings: Settings):  # noqa: ANN202
                                    store_url=settings.store_url)
 
 
+def _estimator(name: str | None) -> str:
+    """The ``--estimator`` asked for, or the engine's default; exit 2 on an unknown one."""
+    from matching._ranker import DEFAULT_ESTIMATOR
+
+    if name is None:
+        return DEFAULT_ESTIMATOR
+    if name not in ("hgb", "logistic", "lightgbm", "lgbm_rank"):
+        err.print(f"--estimator must be hgb, logistic, lightgbm or lgbm_rank, not {name!r}")
+        raise typer.Exit(2)
+    return name
+
+
 @app.command("train")
 def train_cmd(
     split_at: Annotated[str | None, typer.Option(
         help="ISO time T: fit before T, evaluate after T (default: hold out the latest 20 % "
              "of closed missions)")] = None,
-    estimator: Annotated[str, typer.Option(help="hgb, logistic, lightgbm or lgbm_rank")] = "hgb",
+    estimator: Annotated[str | None, typer.Option(
+        help="hgb, logistic, lightgbm or lgbm_rank (default: the engine's default, "
+             "matching._ranker.DEFAULT_ESTIMATOR)")] = None,
     gate_metric: Annotated[str | None, typer.Option(
         help="metric the challenger must not be worse on (dotted name in the evaluation)")
     ] = None,
@@ -169,14 +186,12 @@ def train_cmd(
     from graph import community_graph_from_frames, load_frames, load_truth
     from training import default_split_at, train_and_register
 
+    estimator = _estimator(estimator)
     settings = _settings()
     store = open_store(settings.store_url)
     frames = load_frames(store)
     if frames.missions.is_empty():
         err.print("the store holds no mission: import a bundle first (crunch import DIR)")
-        raise typer.Exit(2)
-    if estimator not in ("hgb", "logistic", "lightgbm", "lgbm_rank"):
-        err.print(f"--estimator must be hgb, logistic, lightgbm or lgbm_rank, not {estimator!r}")
         raise typer.Exit(2)
     split = _parse_time(split_at, "--split-at") or default_split_at(frames)
     cfg = _mlflow_config(settings)
