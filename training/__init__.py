@@ -1,6 +1,14 @@
 """Outcomes -> training set -> fit -> evaluate -> MLflow."""
 
-from training._evaluate import BASELINES, default_split, evaluate, heldout_missions
+from training._evaluate import (
+    BASELINES,
+    default_split,
+    evaluate,
+    heldout_missions,
+    ranking_score,
+    truth_candidates,
+    truth_metrics,
+)
 from training._metrics import (
     BootstrapResult,
     OffPolicyEstimate,
@@ -38,7 +46,7 @@ from training._mlflow import (
     to_pyfunc_input,
     train_and_register,
 )
-from training._pipeline import EngineModel, fit_engine_model, training_rows
+from training._pipeline import EngineModel, fit_engine_model, fit_ranker, training_rows
 
 __all__ = [
     "CHAMPION_ALIAS",
@@ -58,6 +66,9 @@ __all__ = [
     "default_split",
     "evaluate",
     "heldout_missions",
+    "ranking_score",
+    "truth_candidates",
+    "truth_metrics",
     "BootstrapResult",
     "EngineModel",
     "OffPolicyEstimate",
@@ -72,6 +83,7 @@ __all__ = [
     "expected_successes_at_k",
     "expected_successes_per_query",
     "fit_engine_model",
+    "fit_ranker",
     "ips",
     "mrr_at_k",
     "ndcg_at_k",

@@ -28,7 +28,7 @@ from matching import (
     load_ranker,
 )
 
-__all__ = ["EngineModel", "fit_engine_model", "training_rows"]
+__all__ = ["EngineModel", "fit_engine_model", "fit_ranker", "training_rows"]
 
 _META = "engine_model.json"
 _FEATURES = "feature_model.json"
@@ -79,6 +79,19 @@ def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at
                               show_progress=show_progress)
 
 
+def fit_ranker(rows: pl.DataFrame, *, estimator: str = "hgb",
+               features: list[str] | None = None, seed: int = 0) -> Ranker:
+    """Fit the learned :class:`~matching.Ranker` on training rows (from :func:`training_rows`).
+
+    The latest rows (by ``assigned_at``) calibrate; ``features`` (default: every feature)
+    selects the columns, e.g. for an ablation; lambdarank groups the rows by mission.
+    """
+    kwargs = {"features": features} if features else {}
+    ranker = Ranker(estimator=estimator, random_state=seed, n_threads=1, **kwargs)
+    return ranker.fit(rows, rows["label"], times=rows["assigned_at"],
+                      groups=rows["mission_id"] if estimator == "lgbm_rank" else None)
+
+
 def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: str = "hgb",
                      features: list[str] | None = None, seed: int = 0,
                      graph: CommunityGraph | None = None, use_graph: bool = True,
@@ -99,9 +112,6 @@ def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: 
     if ts.n < min_rows or labels.n_unique() < 2:
         info["fallback"] = f"day-one prior: {ts.n} labelled rows before {split_at.isoformat()}"
         return EngineModel(fm, PriorRanker(), split_at, info)
-    kwargs = {"features": features} if features else {}
-    ranker = Ranker(estimator=estimator, random_state=seed, n_threads=1, **kwargs)
-    ranker.fit(ts.rows, ts.rows["label"], times=ts.rows["assigned_at"],
-               groups=ts.rows["mission_id"] if estimator == "lgbm_rank" else None)
+    ranker = fit_ranker(ts.rows, estimator=estimator, features=features, seed=seed)
     info["positives"] = int(ts.rows["label"].sum())
     return EngineModel(fm, ranker, split_at, info)
