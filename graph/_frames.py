@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 import polars as pl
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, UniqueConstraint, cast, select
 from sqlalchemy.engine import Connection
 
 from graph._models import (
@@ -146,7 +146,26 @@ def _read(conn: Connection, model) -> pl.DataFrame:  # noqa: ANN001
         else:
             cols.append(c)
             schema[c.name] = _POLARS[c.type.python_type]
-    return parse_times(fetch_frame(conn, select(*cols), schema), *times)
+    return parse_times(fetch_frame(conn, select(*cols).order_by(*_row_order(model)), schema),
+                       *times)
+
+
+def _row_order(model) -> list:  # noqa: ANN001
+    """The columns that order a table's rows: its natural key.
+
+    Without ORDER BY, a database returns rows in whatever order its plan gives, and an
+    import's insertion order need not be stable; the frames (and every index built from
+    them) must not depend on either. A surrogate ``id`` gives way to the table's first
+    unique constraint (ties: ``person_a, person_b, kind``).
+    """
+    table = model.__table__
+    key = [c for c in table.primary_key.columns if c.name != "id"]
+    if key:
+        return key
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint):
+            return list(constraint.columns)
+    return list(table.primary_key.columns)
 
 
 def load_frames(store: Store) -> CommunityFrames:
