@@ -388,7 +388,10 @@ def _ope_table(ope: dict, t: dict) -> dict:
               "dr": t.get("policy_true_expected_successes")}
     out = {"offers": ope.get("offers"), "rows_used": ope.get("rows_used"),
            "uptake": ope.get("uptake"),
-           "rows_without_propensity": ope.get("rows_without_propensity")}
+           "rows_without_propensity": ope.get("rows_without_propensity"),
+           # propensity self-check: near policy_offers_per_mission when the propensities are right
+           "weight_sum_per_mission": ope.get("weight_sum_per_mission"),
+           "policy_offers_per_mission": ope.get("policy_offers_per_mission")}
     for name, true in truths.items():
         e = ope.get(name)
         if e is None or e["estimate"] is None:
@@ -451,7 +454,9 @@ def print_seed(r: dict, k: int) -> None:
               f"{_fmt(e['expected_successes_at_k'])}, {_fmt(e['over_oracle'])} of the oracle)")
     o = r["off_policy"]
     print(f"off-policy value of the engine's shortlist policy ({o['rows_used']} logged offers "
-          f"with a result of {o['offers']}, uptake {_fmt(o['uptake'])}):")
+          f"with a result of {o['offers']}, uptake {_fmt(o['uptake'])}; weights sum to "
+          f"{_fmt(o.get('weight_sum_per_mission'))} per mission for "
+          f"{_fmt(o.get('policy_offers_per_mission'))} policy offers):")
     print(f"  {'estimator':10s} {'estimate':>9s} {'95% interval':>18s} {'true':>7s} "
           f"{'inside':>7s} {'ESS':>6s}")
     for name in ("ips", "snips", "dr"):
@@ -521,7 +526,8 @@ def print_summary(s: dict) -> None:
         row("information bound / oracle", s["bound"])
         row("engine / bound", s["engine_over_bound"])
     for name, vals in s["off_policy_inside"].items():
-        print(f"{name + ' interval holds truth':28s} " + " ".join(f"{str(v):>7s}" for v in vals))
+        print(f"{name + ' interval holds truth':28s} " + " ".join(f"{str(v):>7s}" for v in vals)
+              + f"   {sum(v is True for v in vals)} of {len(vals)}")
     for name, ok in s["criteria"].items():
         print(f"  [{'met' if ok else 'NOT met'}] {name}")
 

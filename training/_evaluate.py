@@ -34,6 +34,12 @@ no acceptance). SNIPS normalises by the weights and estimates the success rate p
 simulator draws each person's responsiveness independently of their success, but the new
 policy may offer more or less responsive people than the logging one did (a per-person
 uptake model would remove it); the intervals leave out the sampling error of ``uptake``.
+Intervals are studentised bootstraps over missions (:func:`~training.ips`, ``ci=
+"bootstrap-t"``): a few large weights carry the estimates. DR's reward model is the engine's
+probability recalibrated on the held-out logged outcomes, cross-fitted by mission
+(:func:`~training._metrics.crossfit_recalibration`): the model is fitted before T and its base
+rate can drift after it; DR corrects that only as far as the propensities are right.
+``weight_sum_per_mission`` checks them: it should be near ``policy_offers_per_mission``.
 
 With a truth file, the policy runs on the truth's pool of each mission (who was eligible at
 its first shortlist): candidates the week's snapshot finds eligible but the pool lacks (they
@@ -64,6 +70,7 @@ from training._metrics import (
     brier,
     by_segment,
     calibration_table,
+    crossfit_recalibration,
     doubly_robust,
     expected_calibration_error,
     expected_successes_at_k,
@@ -420,23 +427,39 @@ def _off_policy(frames: CommunityFrames, held: pl.DataFrame, policy: pl.DataFram
     res["rows_used"] = joined.height
     if joined.height == 0:
         return res
-    res["ips"] = ips(r, p_log, p_new, query=q, n_queries_unlogged=len(unlogged),
-                     seed=seed).to_dict()
+    # Studentised bootstrap over missions: a few large weights carry the estimate (effective
+    # sample size of tens among ~1,000 rows), where the normal interval misses on one side.
+    ci = {"ci": "bootstrap-t", "n_boot": 2000, "seed": seed}
+    res["ips"] = ips(r, p_log, p_new, query=q, n_queries_unlogged=len(unlogged), **ci).to_dict()
     slate = float(policy.group_by("mission_id").agg(pl.col("propensity").sum())
                   ["propensity"].mean())
     res["snips"] = snips(r, p_log, p_new, query=q, slate_size=1.0,
-                         n_queries_unlogged=len(unlogged), seed=seed).to_dict()
+                         n_queries_unlogged=len(unlogged), **ci).to_dict()
     res["snips"]["note"] = "success rate per offer (weights self-normalised)"
+    # DR's reward model: the engine's probability, recalibrated on the held-out logged
+    # outcomes (cross-fitted by mission). A model fitted before T can be off after it (its
+    # base rate drifts), and with few effective rows the IPS correction cannot undo that.
+    has_model = p_new > 0  # rows the policy scored (its propensities are floored above 0)
+    rhat = joined["rhat"].to_numpy().copy()
+    fitted, policy_p = crossfit_recalibration(
+        r[has_model], rhat[has_model], q[has_model], policy["p_success"].to_numpy(),
+        policy["mission_id"].to_numpy(), seed=seed)
+    rhat[has_model] = fitted
+    policy = policy.with_columns(pl.Series("p_success", policy_p))
     dm = (policy.with_columns((pl.col("propensity") * pl.col("p_success")).alias("dm"))
           .group_by("mission_id").agg(pl.col("dm").sum()))
     dm_map = dict(dm.iter_rows())
     per_query_dm = np.array([dm_map.get(x, 0.0) for x in np.unique(q)])
     # DR's direct-method term per logged query; order must follow the estimator's query codes.
     res["dr"] = doubly_robust(
-        r, p_log, p_new, joined["rhat"].to_numpy(),
+        r, p_log, p_new, rhat,
         np.array([dm_map.get(x, 0.0) for x in q]), query=q,
         unlogged_direct_method=[dm_map.get(x, 0.0) for x in unlogged.to_list()],
-        seed=seed).to_dict()
+        **ci).to_dict()
     res["policy_offers_per_mission"] = slate
+    # Self-check of the propensities: with right ones (and the policy's offers within the
+    # logging policy's reach) the weights of a mission sum to its offers in expectation.
+    res["weight_sum_per_mission"] = float((p_new / p_log).sum() / (len(np.unique(q))
+                                                                   + len(unlogged)))
     res["direct_method_mean"] = float(per_query_dm.mean()) if len(per_query_dm) else None
     return res

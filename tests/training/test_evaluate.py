@@ -156,3 +156,13 @@ def test_policy_stays_in_the_truth_pool(community, monkeypatch):
                               .alias("candidate_id"))
     assert policy.height
     assert policy.join(pools, on=["mission_id", "candidate_id"], how="anti").height == 0
+
+
+def test_off_policy_intervals_and_propensity_check(community):
+    o = community["report"]["off_policy"]
+    for name in ("ips", "snips", "dr"):
+        assert o[name]["ci_method"] == "bootstrap-t" and o[name]["n_boot"] == 2000
+    # weights of a mission sum to the policy's offers in expectation: same order here
+    assert 0 < o["weight_sum_per_mission"]
+    assert o["policy_offers_per_mission"] / 10 < o["weight_sum_per_mission"]
+    assert o["weight_sum_per_mission"] < 10 * o["policy_offers_per_mission"]
