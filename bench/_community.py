@@ -70,18 +70,20 @@ def _fingerprint() -> str:
 
 
 def community_store(n_persons: int, n_missions: int | None = None, seed: int = 0,
-                    cache_dir: Path = CACHE_DIR, log: Callable[[str], None] = print
-                    ) -> tuple[Path, dict]:
+                    cache_dir: Path = CACHE_DIR, log: Callable[[str], None] = print,
+                    with_truth: bool = False) -> tuple[Path, dict]:
     """The path of a SQLite store holding a simulated community, built once and cached.
 
     Returns the path and what it cost: ``{"reused": bool, "simulate_s", "import_s"}`` (the
     timings of the first build, read back from a side file when reused). The ``truth`` file
-    (ground truth for evaluation, ~3M rows at 100k persons) is not imported: no benchmark
-    here reads it.
+    (ground truth for evaluation, ~3M rows at 100k persons) is imported only with
+    ``with_truth`` (a separate cache file, bundle written as Parquet): only the synthetic
+    proof (``bench_synthetic.py``) reads it.
     """
     n_missions = n_missions or default_missions(n_persons)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"community_p{n_persons}_m{n_missions}_s{seed}_{_fingerprint()}"
+    kind = "truth" if with_truth else "community"
+    stem = f"{kind}_p{n_persons}_m{n_missions}_s{seed}_{_fingerprint()}"
     db = cache_dir / f"{stem}.db"
     meta = cache_dir / f"{stem}.txt"
     # One builder at a time: two benchmarks started together share the build.
@@ -93,10 +95,12 @@ def community_store(n_persons: int, n_missions: int | None = None, seed: int = 0
         log(f"building the community store {db.name} (once; cached under {cache_dir})")
         with tempfile.TemporaryDirectory(prefix="bundle_", dir=cache_dir) as tmp:
             t = time.perf_counter()
-            graph.simulate_bundle(tmp, n_persons=n_persons, n_missions=n_missions, seed=seed)
+            graph.simulate_bundle(tmp, n_persons=n_persons, n_missions=n_missions, seed=seed,
+                                  **({"fmt": "parquet"} if with_truth else {}))
             simulate_s = time.perf_counter() - t
-            for truth in Path(tmp).glob("truth.*"):
-                truth.unlink()
+            if not with_truth:
+                for truth in Path(tmp).glob("truth.*"):
+                    truth.unlink()
             part = db.with_suffix(".part")
             part.unlink(missing_ok=True)
             store = graph.open_store(graph.sqlite_url(part))

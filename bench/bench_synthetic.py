@@ -51,13 +51,10 @@ The data are synthetic, not real people: nothing printed here is personal data.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import itertools
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +68,7 @@ for folder in (BENCH, BENCH.parent):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from _community import CACHE_DIR, _fingerprint, machine  # noqa: E402
+from _community import CACHE_DIR, community_store, machine  # noqa: E402
 
 import graph  # noqa: E402
 from features import FEATURES, FeatureModel  # noqa: E402
@@ -107,37 +104,10 @@ _CHUNK_ROWS = 2000
 
 def truth_store(n_persons: int, n_missions: int, seed: int, cache_dir: Path = CACHE_DIR,
                 log: Callable[[str], None] = print) -> tuple[Path, dict]:
-    """The path of a SQLite store of a simulated community *with its truth*, built once.
-
-    As :func:`_community.community_store`, but the ``truth`` file is imported (a separate
-    cache file: the other benchmarks do not need its ~400k rows).
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"truth_p{n_persons}_m{n_missions}_s{seed}_{_fingerprint()}"
-    db = cache_dir / f"{stem}.db"
-    meta = cache_dir / f"{stem}.txt"
-    with open(cache_dir / f"{stem}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others wait and reuse
-        if db.exists() and meta.exists():
-            info = dict(line.split("=", 1) for line in meta.read_text().split())
-            return db, {"reused": True, **{k: float(v) for k, v in info.items()}}
-        log(f"building the community store {db.name} (once; cached under {cache_dir})")
-        with tempfile.TemporaryDirectory(prefix="bundle_", dir=cache_dir) as tmp:
-            t = time.perf_counter()
-            graph.simulate_bundle(tmp, n_persons=n_persons, n_missions=n_missions, seed=seed,
-                                  fmt="parquet")
-            simulate_s = time.perf_counter() - t
-            part = db.with_suffix(".part")
-            part.unlink(missing_ok=True)
-            store = graph.open_store(graph.sqlite_url(part))
-            t = time.perf_counter()
-            graph.import_bundle(store, tmp, show_progress=False)
-            import_s = time.perf_counter() - t
-            store.dispose()
-            shutil.move(part, db)
-        meta.write_text(f"simulate_s={simulate_s:.1f}\nimport_s={import_s:.1f}\n")
-        log(f"built in {simulate_s:.1f} s (simulate) + {import_s:.1f} s (import)")
-        return db, {"reused": False, "simulate_s": simulate_s, "import_s": import_s}
+    """The path of a SQLite store of a simulated community *with its truth*, built once
+    (:func:`_community.community_store` with ``with_truth=True``)."""
+    return community_store(n_persons, n_missions, seed, cache_dir=cache_dir, log=log,
+                           with_truth=True)
 
 
 # ------------------------------------------------------------------------ the information bound
