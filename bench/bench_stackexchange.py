@@ -138,6 +138,7 @@ from matching import (  # noqa: E402
     labelled_assignments,
     snapshot_time,
 )
+from matching._ranker import ESTIMATORS  # noqa: E402
 from training import (  # noqa: E402
     auc,
     bootstrap_ci,
@@ -161,7 +162,7 @@ __all__ = [
 ]
 
 K = 10
-ENGINE_ESTIMATORS = ("hgb", "logistic", "lightgbm", "lgbm_rank")
+ENGINE_ESTIMATORS = ESTIMATORS
 BASELINES = ("most_active", "random")
 # The same rankers trained on the routing task itself (whole pool per pre-split question,
 # the accepted answerer as the one success); see _routing_rows. Reported, never selected.

@@ -41,6 +41,7 @@ from graph._payout import PayRule, payout_for
 __all__ = [
     "BaseRanker",
     "DEFAULT_ESTIMATOR",
+    "ESTIMATORS",
     "PriorRanker",
     "Ranker",
     "load_ranker",
@@ -542,7 +543,7 @@ def _params_from_json(params: Mapping[str, Any]) -> dict:
 # ------------------------------------------------------------------------- Ranker
 
 
-_ESTIMATORS = ("hgb", "logistic", "lightgbm", "lgbm_rank")
+ESTIMATORS = ("hgb", "logistic", "lightgbm", "lgbm_rank")  # what Ranker(estimator=...) takes
 # The default base model, chosen on evidence: on the Stack Exchange benchmark
 # (bench/bench_stackexchange.py, docs/benchmarks.md) it has the best validation MRR@10 of the
 # four, and on the later test questions it beats the most-active-answerer baseline with a
@@ -712,8 +713,8 @@ class Ranker(BaseRanker):
         return f"{self.name}-{digest[:12]}"
 
     def _check_params(self) -> tuple[str, ...]:
-        if self.estimator not in _ESTIMATORS:
-            raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.calibration not in _CALIBRATIONS:
             raise ValueError(f"calibration must be one of {_CALIBRATIONS}, "
                              f"got {self.calibration!r}")

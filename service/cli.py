@@ -155,12 +155,12 @@ def _mlflow_config(settings: Settings):  # noqa: ANN202
 
 def _estimator(name: str | None) -> str:
     """The ``--estimator`` asked for, or the engine's default; exit 2 on an unknown one."""
-    from matching._ranker import DEFAULT_ESTIMATOR
+    from matching._ranker import DEFAULT_ESTIMATOR, ESTIMATORS
 
     if name is None:
         return DEFAULT_ESTIMATOR
-    if name not in ("hgb", "logistic", "lightgbm", "lgbm_rank"):
-        err.print(f"--estimator must be hgb, logistic, lightgbm or lgbm_rank, not {name!r}")
+    if name not in ESTIMATORS:
+        err.print(f"--estimator must be one of {', '.join(ESTIMATORS)}, not {name!r}")
         raise typer.Exit(2)
     return name
 
