@@ -190,26 +190,24 @@ def print_report(results: dict[int, dict], info: dict, k: int) -> None:
     print("\nshortlist latency, ms (median / p90); 'first' = first request of each mission "
           "(PageRank not cached), 'repeated' = later requests")
     cols = [(n, kind) for n in sizes for kind in ("first", "repeated")]
-    print(f"{'stage':18s}" + "".join(f"{f'{n // 1000}k {kind}':>20s}" for n, kind in cols))
-    for key in ("total", *STAGES):
-        line = f"{key:18s}"
-        for n, kind in cols:
-            q = results[n][kind][key]
-            line += f"{q['median']:>11.1f} / {q['p90']:>6.1f}"
-        print(line)
+
+    def stage_table(median: str, p90: str) -> None:
+        print(f"{'stage':18s}" + "".join(f"{f'{n // 1000}k {kind}':>20s}" for n, kind in cols))
+        for key in ("total", *STAGES):
+            line = f"{key:18s}"
+            for n, kind in cols:
+                q = results[n][kind][key]
+                line += f"{q[median]:>11.1f} / {q[p90]:>6.1f}"
+            print(line)
+
+    stage_table("median", "p90")
     line = f"{'total, cpu median':18s}"
     for n, kind in cols:
         line += f"{results[n][kind]['cpu_total_median']:>20.1f}"
     print(line)
     if all("cpu_median" in results[n][kind]["total"] for n, kind in cols):
         print("\nshortlist CPU time, ms (median / p90)")
-        print(f"{'stage':18s}" + "".join(f"{f'{n // 1000}k {kind}':>20s}" for n, kind in cols))
-        for key in ("total", *STAGES):
-            line = f"{key:18s}"
-            for n, kind in cols:
-                q = results[n][kind][key]
-                line += f"{q['cpu_median']:>11.1f} / {q['cpu_p90']:>6.1f}"
-            print(line)
+        stage_table("cpu_median", "cpu_p90")
     line = f"{'calls':18s}"
     for n, kind in cols:
         line += f"{results[n][kind]['n']:>20d}"
