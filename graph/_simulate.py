@@ -285,7 +285,6 @@ POLICY = "softmax-explore"
 REQUESTED_BY = "simulator"
 SHORTLIST_SIZE = 10
 TEMPERATURE = 0.5  # Plackett-Luce weights exp(score / TEMPERATURE)
-POOL_CUT = 300  # the policy samples among the eligible candidates with the best noisy scores
 SCORE_NOISE = 0.5  # the policy's own noise on its heuristic score
 H_FIT, H_SKILL, H_PROXIMITY, H_EXPERIENCE, H_AVAILABILITY, H_GROUP = 1.0, 0.5, 0.6, 1.0, 0.3, 0.2
 MC_REPLICATIONS = 48
@@ -1019,18 +1018,19 @@ def _run_policy(w: _World, seed: int) -> _Log:
         score = np.round(base + rng.normal(0, SCORE_NOISE, n_c), 4)
         u = score / TEMPERATURE
         k = min(SHORTLIST_SIZE, n_c)
-        # the POOL_CUT best noisy scores (ties: pool order), then a Plackett-Luce draw
-        sub = np.sort(np.argsort(-u, kind="stable")[:POOL_CUT])
-        draw = u[sub] + rng.gumbel(size=len(sub))
-        top = np.argsort(-draw, kind="stable")[:k]  # positions in sub, in rank order
+        # A Plackett-Luce draw over every eligible candidate: no pool cut, so that every
+        # candidate a new policy may offer has a logged propensity above 0 (off-policy
+        # estimates are unbiased only on the logging policy's support).
+        draw = u + rng.gumbel(size=n_c)
+        top = np.argsort(-draw, kind="stable")[:k]  # candidates, in rank order
         remaining = n_wanted if round_ == 2 else int(ms["teams"][m])
         n_offer = min(remaining, k)
-        keys = u[sub][None, :] + mc.gumbel(size=(MC_REPLICATIONS, len(sub)))
-        p_list = np.clip(_inclusion(u[sub], keys, top, k), PROPENSITY_FLOOR, 1.0)
-        p_offer = np.clip(_inclusion(u[sub], keys, top, n_offer), PROPENSITY_FLOOR, 1.0)
+        keys = u[None, :] + mc.gumbel(size=(MC_REPLICATIONS, n_c))
+        p_list = np.clip(_inclusion(u, keys, top, k), PROPENSITY_FLOOR, 1.0)
+        p_offer = np.clip(_inclusion(u, keys, top, n_offer), PROPENSITY_FLOOR, 1.0)
         sl = shortlist_no
         shortlist_no += 1
-        chosen = sub[top]
+        chosen = top
         log.sl_mission.append(m)
         log.sl_served.append(t)
         log.sl_filters.append(json.dumps({
