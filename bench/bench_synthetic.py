@@ -73,7 +73,7 @@ from _community import CACHE_DIR, community_store, machine  # noqa: E402
 import graph  # noqa: E402
 from features import FEATURES, FeatureModel  # noqa: E402
 from graph import _simulate as sim  # noqa: E402
-from matching import snapshot_time  # noqa: E402
+from matching import Ranker, snapshot_time  # noqa: E402
 from training import (  # noqa: E402
     BASELINES,
     EngineModel,
@@ -86,7 +86,7 @@ from training import (  # noqa: E402
     truth_metrics,
 )
 
-__all__ = ["information_bound", "main", "run_seed", "truth_store"]
+__all__ = ["information_bound", "learning_ceiling", "main", "run_seed", "truth_store"]
 
 # What the issue asks of the engine, and of the simulated community.
 TARGET_OF_ORACLE = 0.85
@@ -97,6 +97,7 @@ ABLATION_FAMILIES = ("graph", "lived_experience", "latent_skill", "track_record"
                      "logistics", "group")
 BOUND_SAMPLES = 2000  # Monte Carlo draws of a person's skill factors
 _CHUNK_ROWS = 2000
+CEILING_MULTIPLES = (1, 4, 16)  # labels drawn from the truth, in multiples of the training rows
 
 
 # ----------------------------------------------------------------------------- the store
@@ -285,11 +286,74 @@ def information_bound(frames: graph.CommunityFrames, rows: pl.DataFrame, n_perso
     return result
 
 
+# ------------------------------------------------------------------------ the learning ceiling
+
+
+def learning_ceiling(rows: pl.DataFrame, n_train: int, k: int = 10, seed: int = 0,
+                     label_multiples: tuple[int, ...] = CEILING_MULTIPLES) -> dict:
+    """How far the engine's features and ranker can get, with the truth as teacher.
+
+    The held-out missions are split in two halves (A: even, B: odd in id order); everything
+    is fitted on A's candidates and scored as E@k over B's, over the oracle's on B:
+
+    - ``features_fitted_to_truth``: a free gradient-boosted regressor (300 trees of 31
+      leaves) of the true logit ``p`` on the engine's features: what the features hold;
+    - ``ranker_fitted_to_truth``: the same with the ranker's own trees (its defaults and
+      monotone directions): what its model class can represent;
+    - ``ranker_on_sampled_labels``: the ranker itself (:class:`~matching.Ranker`, calibration
+      included) fitted on Bernoulli labels drawn from the true ``p`` of uniformly sampled
+      A candidates, ``n_train`` (as many as the engine's training rows) times each of
+      ``label_multiples``: what more outcomes, free of the logging policy's choices, buy;
+    - ``engine``: the engine, fitted on its logged training rows, on B.
+
+    The truth never reaches the engine: this is a diagnosis of the proof, not a model.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    names = [f.name for f in FEATURES]
+    missions = rows["mission_id"].unique().sort().to_list()
+    half_a = pl.Series(missions[::2]).implode()
+    a = rows.filter(pl.col("mission_id").is_in(half_a))
+    b = rows.filter(~pl.col("mission_id").is_in(half_a))
+    oracle = truth_metrics(b, "p_success", k)["expected_successes_at_k"]
+    xa, xb = a.select(names).to_numpy(), b.select(names).to_numpy()
+    p = np.clip(a["p_success"].to_numpy(), 1e-4, 1 - 1e-4)
+    target = np.log(p / (1 - p))
+
+    def over_oracle(score: np.ndarray) -> float:
+        m = truth_metrics(b.with_columns(pl.Series("s", score)), "s", k)
+        return m["expected_successes_at_k"] / oracle
+
+    out = {"candidates_a": a.height, "candidates_b": b.height,
+           "engine": over_oracle(b["engine"].to_numpy()), "ranker_on_sampled_labels": {}}
+    rng = np.random.default_rng([seed, 5150])
+    ranker = None
+    for multiple in label_multiples:
+        n = min(n_train * multiple, a.height)
+        pick = rng.choice(a.height, n, replace=False)
+        sample = a[pick].with_columns(
+            pl.Series("label", rng.random(n) < a["p_success"].to_numpy()[pick]),
+            pl.Series("assigned_at", np.arange(n)))  # calibrate on the last 20 %, at random
+        ranker = Ranker(random_state=seed, n_threads=1).fit(
+            sample, sample["label"], times=sample["assigned_at"])
+        out["ranker_on_sampled_labels"][str(n)] = over_oracle(ranking_score(ranker, b))
+    free = HistGradientBoostingRegressor(max_iter=300, random_state=seed).fit(xa, target)
+    out["features_fitted_to_truth"] = over_oracle(free.predict(xb))
+    if ranker is not None and hasattr(ranker.base_, "get_params"):  # the ranker's own trees
+        allowed = HistGradientBoostingRegressor().get_params()
+        params = {key: value for key, value in ranker.base_.get_params().items()
+                  if key in allowed and key != "loss"}
+        own = HistGradientBoostingRegressor(**params).fit(xa, target)
+        out["ranker_fitted_to_truth"] = over_oracle(own.predict(xb))
+    return out
+
+
 # --------------------------------------------------------------------------------- one seed
 
 
 def run_seed(seed: int, n_persons: int, n_missions: int, k: int = 10, ablation: bool = True,
-             bound: bool = True, log: Callable[[str], None] = print) -> dict:
+             bound: bool = True, ceiling: bool = True, log: Callable[[str], None] = print
+             ) -> dict:
     """Fit, evaluate, ablate and bound on one seed's community; returns a JSON-able dict."""
     timings: dict[str, dict] = {}
 
@@ -322,7 +386,7 @@ def run_seed(seed: int, n_persons: int, n_missions: int, k: int = 10, ablation: 
                  "store": {"file": db.name, **built}, "split_at": split.isoformat(),
                  "training": model.info, "truth": _truth_table(report["truth"]),
                  "off_policy": _ope_table(report["off_policy"], report["truth"])}
-    if ablation or bound:
+    if ablation or bound or ceiling:
         rows = timed("held-out features", lambda: truth_candidates(
             frames, model, split, truth, graph=community))
         # What ranking by the calibrated probability alone (isotonic steps) would have given.
@@ -332,6 +396,9 @@ def run_seed(seed: int, n_persons: int, n_missions: int, k: int = 10, ablation: 
                                          "over_oracle": by_p["expected_successes_at_k"] / oracle}
         if ablation:
             out["ablation"] = timed("ablation", lambda: _ablation(train, rows, k))
+        if ceiling:
+            out["learning_ceiling"] = timed("ceiling", lambda: learning_ceiling(
+                rows, model.info["training_rows"], k))
         if bound:
             out["information_bound"] = timed("bound", lambda: information_bound(
                 frames, rows, n_persons, n_missions, seed, k))
@@ -443,6 +510,17 @@ def print_seed(r: dict, k: int) -> None:
         for name, m in a.items():
             print(f"  {name:40s} {_fmt(m['expected_successes_at_k']):>8s} "
                   f"{_fmt(m['over_oracle']):>9s} {_fmt(m.get('drop')):>7s}")
+    if "learning_ceiling" in r:
+        c = r["learning_ceiling"]
+        print(f"learning ceiling (E@{k} over the oracle's, on the odd half of the held-out "
+              f"missions; fitted on the even half):")
+        print(f"  {'engine (its logged training rows)':44s} {_fmt(c['engine'])}")
+        print(f"  {'features, free trees fitted to true p':44s} "
+              f"{_fmt(c['features_fitted_to_truth'])}")
+        print(f"  {'features, the ranker trees fitted to true p':44s} "
+              f"{_fmt(c.get('ranker_fitted_to_truth'))}")
+        for n, v in c["ranker_on_sampled_labels"].items():
+            print(f"  {'the ranker on ' + n + ' labels drawn from true p':44s} {_fmt(v)}")
     if "information_bound" in r:
         b = r["information_bound"]
         print("information bound (E[successes]@k of E[p | information] under the true model, "
@@ -513,6 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--no-ablation", action="store_true", help="skip the ablation refits")
     parser.add_argument("--no-bound", action="store_true", help="skip the information bound")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the learning ceiling")
     parser.add_argument("--json", help="also write every figure as JSON to this file")
     args = parser.parse_args(argv)
     if args.persons < 5000 or args.missions < 3000:
@@ -523,7 +602,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for seed in args.seeds:
         r = run_seed(seed, args.persons, args.missions, args.k, ablation=not args.no_ablation,
-                     bound=not args.no_bound, log=lambda s: print(s, flush=True))
+                     bound=not args.no_bound, ceiling=not args.no_ceiling,
+                     log=lambda s: print(s, flush=True))
         print_seed(r, args.k)
         results.append(r)
     s = summary(results)
