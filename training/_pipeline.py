@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -69,12 +69,45 @@ class EngineModel:
         return cls(feature_model=fm, ranker=ranker, split_at=split, info=meta.get("info", {}))
 
 
+# Share of outcomes that must have been reported for a mission to count as measured: a
+# mission is in the training set once ``report_delay`` (this quantile of how long after their
+# mission's end outcomes were reported) has passed since its end.
+REPORT_DELAY_QUANTILE = 0.95
+
+
+def report_delay(frames: CommunityFrames, before: datetime,
+                 quantile: float = REPORT_DELAY_QUANTILE) -> timedelta:
+    """How long after a mission's end its outcomes are reported: the ``quantile`` of
+    ``measured_at - ends_at`` (0 for outcomes measured during the window) over the verified
+    outcomes measured before ``before``; 0 when there are none."""
+    lag = (frames.verified_outcomes().filter(pl.col("measured_at") < before)
+           .join(frames.missions.select("mission_id", "ends_at"), on="mission_id", how="inner")
+           .select((pl.col("measured_at") - pl.col("ends_at")).dt.total_seconds()
+                   .clip(lower_bound=0).alias("lag"))["lag"])
+    if lag.len() == 0:
+        return timedelta(0)
+    return timedelta(seconds=float(lag.quantile(quantile, interpolation="higher")))
+
+
 def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at: datetime,
-                  graph: CommunityGraph | None = None,
-                  show_progress: bool = False) -> TrainingSet:
-    """Rows of assignments made before ``split_at`` whose outcomes were verified before it."""
+                  graph: CommunityGraph | None = None, show_progress: bool = False,
+                  measured_only: bool = True) -> TrainingSet:
+    """Rows of assignments made before ``split_at`` whose outcomes were verified before it.
+
+    With ``measured_only`` (the default) only missions whose measurement was complete at
+    ``split_at`` count: ended at least :func:`report_delay` before it. Near the split, a
+    successful result is often reported during the window (a youth placed, a unit paid) and
+    a failure only at its end: keeping open missions would keep their early successes
+    without their late failures, and the latest rows, which calibrate the ranker, would
+    overstate success (simulated city, seed 1: 0.58 observed on that slice against 0.42
+    before and after it).
+    """
     labelled = labelled_assignments(frames, until=split_at).filter(
         pl.col("assigned_at") < split_at)
+    if measured_only:
+        closed_by = split_at - report_delay(frames, split_at)
+        measured = frames.missions.filter(pl.col("ends_at") <= closed_by)["mission_id"]
+        labelled = labelled.filter(pl.col("mission_id").is_in(measured.implode()))
     return build_training_set(frames, feature_model, labelled, graph=graph,
                               show_progress=show_progress)
 
@@ -107,7 +140,9 @@ def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: 
     ts = training_rows(frames, fm, split_at, graph=graph if use_graph else None,
                        show_progress=show_progress)
     info = {"training_rows": ts.n, "skipped_unknown_candidate": ts.skipped_unknown_candidate,
-            "estimator": estimator}
+            "estimator": estimator,
+            # missions count once this long has passed since their end (training_rows)
+            "report_delay_days": round(report_delay(frames, split_at).total_seconds() / 86400, 2)}
     labels = ts.rows["label"] if ts.n else pl.Series("label", [], dtype=pl.Boolean)
     if ts.n < min_rows or labels.n_unique() < 2:
         info["fallback"] = f"day-one prior: {ts.n} labelled rows before {split_at.isoformat()}"
