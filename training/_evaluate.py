@@ -79,7 +79,7 @@ from training._metrics import (
     ranking_metrics,
     snips,
 )
-from training._pipeline import EngineModel
+from training._pipeline import EngineModel, measured_missions
 
 __all__ = ["BASELINES", "default_split", "evaluate", "heldout_missions", "ranking_score",
            "truth_candidates", "truth_metrics"]
@@ -124,11 +124,32 @@ def ranking_score(ranker: Any, frame: pl.DataFrame) -> np.ndarray:
     return out
 
 
+def data_end(frames: CommunityFrames) -> datetime | None:
+    """The latest time the store knows of: ``as_of_time``, else the latest mission created,
+    assignment made or outcome measured; ``None`` for an empty store."""
+    if frames.as_of_time is not None:
+        return frames.as_of_time
+    times = [t for t in (frames.missions["created_at"].max(),
+                         frames.assignments["assigned_at"].max(),
+                         frames.outcomes["measured_at"].max()) if t is not None]
+    return max(times) if times else None
+
+
 def heldout_missions(frames: CommunityFrames, split_at: datetime) -> pl.DataFrame:
-    """Missions created at or after ``split_at`` whose measurement window has closed."""
-    return frames.missions.filter(
-        (pl.col("created_at") >= split_at) & (pl.col("status") == "closed")
-    ).sort("created_at", "mission_id")
+    """Missions created at or after ``split_at`` whose measurement is complete.
+
+    Closed, and ended at least :func:`~training._pipeline.report_delay` before the store's
+    latest data (:func:`data_end`): a mission that closed last week may have reported its
+    successes and not yet its failures, as :func:`~training.training_rows` guards against
+    before the split.
+    """
+    closed = frames.missions.filter(
+        (pl.col("created_at") >= split_at) & (pl.col("status") == "closed"))
+    end = data_end(frames)
+    if end is not None:
+        closed = closed.filter(pl.col("mission_id").is_in(measured_missions(frames, end)
+                                                          .implode()))
+    return closed.sort("created_at", "mission_id")
 
 
 def _segments(frames: CommunityFrames, rows: pl.DataFrame, newcomer_outcomes: int

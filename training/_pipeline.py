@@ -69,24 +69,33 @@ class EngineModel:
         return cls(feature_model=fm, ranker=ranker, split_at=split, info=meta.get("info", {}))
 
 
-# Share of outcomes that must have been reported for a mission to count as measured: a
-# mission is in the training set once ``report_delay`` (this quantile of how long after their
-# mission's end outcomes were reported) has passed since its end.
-REPORT_DELAY_QUANTILE = 0.95
+# Share of assignments whose last outcome must have been reported for a mission to count as
+# measured: a mission is complete once ``report_delay`` (this quantile, over assignments, of
+# how long after their mission's end their last outcome was reported) has passed since its end.
+REPORT_DELAY_QUANTILE = 0.99
 
 
 def report_delay(frames: CommunityFrames, before: datetime,
                  quantile: float = REPORT_DELAY_QUANTILE) -> timedelta:
-    """How long after a mission's end its outcomes are reported: the ``quantile`` of
-    ``measured_at - ends_at`` (0 for outcomes measured during the window) over the verified
-    outcomes measured before ``before``; 0 when there are none."""
+    """How long after a mission's end its outcomes are reported: the ``quantile``, over the
+    assignments with a verified outcome measured before ``before``, of ``last measured_at -
+    ends_at`` (0 when the last report came during the window); 0 when there are none."""
     lag = (frames.verified_outcomes().filter(pl.col("measured_at") < before)
+           .group_by("assignment_id", "mission_id").agg(pl.col("measured_at").max())
            .join(frames.missions.select("mission_id", "ends_at"), on="mission_id", how="inner")
            .select((pl.col("measured_at") - pl.col("ends_at")).dt.total_seconds()
-                   .clip(lower_bound=0).alias("lag"))["lag"])
+                   .clip(lower_bound=0).alias("lag"))["lag"].drop_nulls())
     if lag.len() == 0:
         return timedelta(0)
     return timedelta(seconds=float(lag.quantile(quantile, interpolation="higher")))
+
+
+def measured_missions(frames: CommunityFrames, at: datetime,
+                      delay: timedelta | None = None) -> pl.Series:
+    """Ids of the missions whose measurement was complete at ``at``: ended at least
+    ``delay`` (default :func:`report_delay` as of ``at``) before it."""
+    delay = report_delay(frames, at) if delay is None else delay
+    return frames.missions.filter(pl.col("ends_at") <= at - delay)["mission_id"]
 
 
 def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at: datetime,
@@ -97,7 +106,7 @@ def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at
     With ``measured_only`` (the default) only missions whose measurement was complete at
     ``split_at`` count: ended at least :func:`report_delay` before it. Near the split, a
     successful result is often reported during the window (a youth placed, a unit paid) and
-    a failure only at its end: keeping open missions would keep their early successes
+    a failure only after its end: keeping open missions would keep their early successes
     without their late failures, and the latest rows, which calibrate the ranker, would
     overstate success (simulated city, seed 1: 0.58 observed on that slice against 0.42
     before and after it).
@@ -105,9 +114,8 @@ def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at
     labelled = labelled_assignments(frames, until=split_at).filter(
         pl.col("assigned_at") < split_at)
     if measured_only:
-        closed_by = split_at - report_delay(frames, split_at)
-        measured = frames.missions.filter(pl.col("ends_at") <= closed_by)["mission_id"]
-        labelled = labelled.filter(pl.col("mission_id").is_in(measured.implode()))
+        labelled = labelled.filter(
+            pl.col("mission_id").is_in(measured_missions(frames, split_at).implode()))
     return build_training_set(frames, feature_model, labelled, graph=graph,
                               show_progress=show_progress)
 
@@ -139,10 +147,9 @@ def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: 
         graph = community_graph_from_frames(frames)
     ts = training_rows(frames, fm, split_at, graph=graph if use_graph else None,
                        show_progress=show_progress)
+    delay = report_delay(frames, split_at)  # missions count once this long after their end
     info = {"training_rows": ts.n, "skipped_unknown_candidate": ts.skipped_unknown_candidate,
-            "estimator": estimator,
-            # missions count once this long has passed since their end (training_rows)
-            "report_delay_days": round(report_delay(frames, split_at).total_seconds() / 86400, 2)}
+            "estimator": estimator, "report_delay_days": round(delay.total_seconds() / 86400, 2)}
     labels = ts.rows["label"] if ts.n else pl.Series("label", [], dtype=pl.Boolean)
     if ts.n < min_rows or labels.n_unique() < 2:
         info["fallback"] = f"day-one prior: {ts.n} labelled rows before {split_at.isoformat()}"

@@ -54,7 +54,7 @@ def test_learning_ceiling(small_run):
     for key in ("engine", "features_fitted_to_truth", "ranker_fitted_to_truth"):
         assert 0 < c[key] <= 1 + 1e-9, key
     sizes = [int(n) for n in c["ranker_on_sampled_labels"]]
-    assert sizes == [min(n_train * m, c["candidates_a"]) for m in (1, 4, 16)]
+    assert sizes == sorted({min(n_train * m, c["candidates_a"]) for m in (1, 4, 16)})
     assert all(0 < v <= 1 + 1e-9 for v in c["ranker_on_sampled_labels"].values())
 
 
