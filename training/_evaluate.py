@@ -49,7 +49,7 @@ took another mission during the week) are excluded, as the hard rules at serving
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -138,17 +138,18 @@ def data_end(frames: CommunityFrames) -> datetime | None:
 def heldout_missions(frames: CommunityFrames, split_at: datetime) -> pl.DataFrame:
     """Missions created at or after ``split_at`` whose measurement is complete.
 
-    Closed, and ended at least :func:`~training._pipeline.report_delay` before the store's
-    latest data (:func:`data_end`): a mission that closed last week may have reported its
-    successes and not yet its failures, as :func:`~training.training_rows` guards against
-    before the split.
+    Closed, and complete as of the store's latest data (:func:`data_end`,
+    :func:`~training.measured_missions`): a mission that closed last week may have reported
+    its successes and not yet its failures, as :func:`~training.training_rows` guards
+    against before the split.
     """
     closed = frames.missions.filter(
         (pl.col("created_at") >= split_at) & (pl.col("status") == "closed"))
     end = data_end(frames)
     if end is not None:
-        closed = closed.filter(pl.col("mission_id").is_in(measured_missions(frames, end)
-                                                          .implode()))
+        # just after the latest data: what was reported at that very time counts
+        measured = measured_missions(frames, end + timedelta(microseconds=1))
+        closed = closed.filter(pl.col("mission_id").is_in(measured.implode()))
     return closed.sort("created_at", "mission_id")
 
 

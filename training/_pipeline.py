@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -69,33 +69,22 @@ class EngineModel:
         return cls(feature_model=fm, ranker=ranker, split_at=split, info=meta.get("info", {}))
 
 
-# Share of assignments whose last outcome must have been reported for a mission to count as
-# measured: a mission is complete once ``report_delay`` (this quantile, over assignments, of
-# how long after their mission's end their last outcome was reported) has passed since its end.
-REPORT_DELAY_QUANTILE = 0.99
+def measured_missions(frames: CommunityFrames, at: datetime) -> pl.Series:
+    """Ids of the missions whose measurement was complete at ``at``: ended by then, and every
+    assignment of theirs that was completed had an outcome reported (of any review status)
+    before ``at``.
 
-
-def report_delay(frames: CommunityFrames, before: datetime,
-                 quantile: float = REPORT_DELAY_QUANTILE) -> timedelta:
-    """How long after a mission's end its outcomes are reported: the ``quantile``, over the
-    assignments with a verified outcome measured before ``before``, of ``last measured_at -
-    ends_at`` (0 when the last report came during the window); 0 when there are none."""
-    lag = (frames.verified_outcomes().filter(pl.col("measured_at") < before)
-           .group_by("assignment_id", "mission_id").agg(pl.col("measured_at").max())
-           .join(frames.missions.select("mission_id", "ends_at"), on="mission_id", how="inner")
-           .select((pl.col("measured_at") - pl.col("ends_at")).dt.total_seconds()
-                   .clip(lower_bound=0).alias("lag"))["lag"].drop_nulls())
-    if lag.len() == 0:
-        return timedelta(0)
-    return timedelta(seconds=float(lag.quantile(quantile, interpolation="higher")))
-
-
-def measured_missions(frames: CommunityFrames, at: datetime,
-                      delay: timedelta | None = None) -> pl.Series:
-    """Ids of the missions whose measurement was complete at ``at``: ended at least
-    ``delay`` (default :func:`report_delay` as of ``at``) before it."""
-    delay = report_delay(frames, at) if delay is None else delay
-    return frames.missions.filter(pl.col("ends_at") <= at - delay)["mission_id"]
+    A success is often reported during the window (a youth placed, a unit paid) and a
+    failure only after its end: before every completed assignment has reported, a mission's
+    known results overstate its success.
+    """
+    reported = frames.outcomes.filter(pl.col("measured_at") < at).select(
+        "assignment_id").unique()
+    waiting = (frames.assignments.filter(pl.col("status") == "completed")
+               .join(reported, on="assignment_id", how="anti")["mission_id"].unique())
+    return frames.missions.filter(
+        (pl.col("ends_at") <= at) & ~pl.col("mission_id").is_in(waiting.implode())
+    )["mission_id"]
 
 
 def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at: datetime,
@@ -104,12 +93,10 @@ def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at
     """Rows of assignments made before ``split_at`` whose outcomes were verified before it.
 
     With ``measured_only`` (the default) only missions whose measurement was complete at
-    ``split_at`` count: ended at least :func:`report_delay` before it. Near the split, a
-    successful result is often reported during the window (a youth placed, a unit paid) and
-    a failure only after its end: keeping open missions would keep their early successes
-    without their late failures, and the latest rows, which calibrate the ranker, would
-    overstate success (simulated city, seed 1: 0.58 observed on that slice against 0.42
-    before and after it).
+    ``split_at`` count (:func:`measured_missions`). Keeping the others would keep their
+    early successes without their late failures, and the latest rows, which calibrate the
+    ranker, would overstate success (simulated city, seed 1: 0.58 observed on that slice
+    against 0.42 before and after it).
     """
     labelled = labelled_assignments(frames, until=split_at).filter(
         pl.col("assigned_at") < split_at)
@@ -147,9 +134,8 @@ def fit_engine_model(frames: CommunityFrames, split_at: datetime, *, estimator: 
         graph = community_graph_from_frames(frames)
     ts = training_rows(frames, fm, split_at, graph=graph if use_graph else None,
                        show_progress=show_progress)
-    delay = report_delay(frames, split_at)  # missions count once this long after their end
     info = {"training_rows": ts.n, "skipped_unknown_candidate": ts.skipped_unknown_candidate,
-            "estimator": estimator, "report_delay_days": round(delay.total_seconds() / 86400, 2)}
+            "estimator": estimator}
     labels = ts.rows["label"] if ts.n else pl.Series("label", [], dtype=pl.Boolean)
     if ts.n < min_rows or labels.n_unique() < 2:
         info["fallback"] = f"day-one prior: {ts.n} labelled rows before {split_at.isoformat()}"

@@ -1,8 +1,8 @@
-"""Training rows come only from missions whose measurement was complete at the split.
+"""Training rows and held-out missions come only from missions whose measurement was complete.
 
 On the simulated city a successful per-unit result is reported during the mission's window
-and a failure only after its end: missions still open at the split would bring their early
-successes without their late failures.
+and a failure only after its end (up to two weeks): missions still waiting for a report
+would bring their early successes without their late failures.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import pytest
 
 from features import FeatureModel
 from graph import import_bundle, load_frames, open_store, simulate_bundle, sqlite_url
-from training import default_split, training_rows
+from training import default_split, measured_missions, training_rows
 from training._evaluate import data_end, heldout_missions
-from training._pipeline import REPORT_DELAY_QUANTILE, report_delay
 
 
 @pytest.fixture(scope="module")
@@ -31,44 +30,55 @@ def city(tmp_path_factory):
     return frames, split_at, FeatureModel(seed=0).fit(frames, split_at)
 
 
-def test_report_delay_is_the_quantile_of_reporting_lags(city):
-    frames, split_at, _ = city
-    delay = report_delay(frames, split_at)
-    # per assignment: how long after its mission's end its last outcome was reported
-    lags = (frames.verified_outcomes().filter(pl.col("measured_at") < split_at)
-            .group_by("assignment_id", "mission_id").agg(pl.col("measured_at").max())
-            .join(frames.missions.select("mission_id", "ends_at"), on="mission_id")
-            .select((pl.col("measured_at") - pl.col("ends_at")).dt.total_seconds()
-                    .clip(lower_bound=0))).to_series()
-    assert timedelta(days=7) < delay <= timedelta(days=14)  # the simulator: up to 2 weeks
-    assert (lags <= delay.total_seconds()).mean() >= REPORT_DELAY_QUANTILE
-    assert (lags < delay.total_seconds()).mean() < REPORT_DELAY_QUANTILE
-    assert report_delay(frames, frames.missions["created_at"].min()) == timedelta(0)
+def _waiting(frames, at):
+    """Missions with a completed assignment that had reported nothing before ``at``."""
+    reported = frames.outcomes.filter(pl.col("measured_at") < at)["assignment_id"]
+    return set(frames.assignments.filter(
+        (pl.col("status") == "completed") & ~pl.col("assignment_id").is_in(reported.implode())
+    )["mission_id"].to_list())
 
 
-def test_heldout_missions_are_measured(city):
+def test_measured_missions(city):
     frames, split_at, _ = city
-    held = heldout_missions(frames, split_at)
-    end = data_end(frames)
-    delay = report_delay(frames, end)
-    closed = frames.missions.filter((pl.col("created_at") >= split_at)
-                                    & (pl.col("status") == "closed"))
-    assert 0 < held.height < closed.height  # the missions that ended last are left out
-    assert (held["ends_at"] <= end - delay).all()
-    late = closed.filter(~pl.col("mission_id").is_in(held["mission_id"].implode()))
-    assert (late["ends_at"] > end - delay).all()
+    measured = set(measured_missions(frames, split_at).to_list())
+    ends = dict(frames.missions.select("mission_id", "ends_at").iter_rows())
+    waiting = _waiting(frames, split_at)
+    assert measured and waiting  # near the split some missions still wait for a report
+    assert all(ends[m] <= split_at and m not in waiting for m in measured)
+    ended = {m for m, e in ends.items() if e <= split_at}
+    assert ended - measured == ended & waiting
+    # the reports come within two weeks of the end (simulator): older missions are complete
+    assert {m for m in ended if ends[m] <= split_at - timedelta(days=15)} <= measured
+    assert measured_missions(frames, frames.missions["created_at"].min()).len() == 0
 
 
 def test_only_measured_missions_train(city):
     frames, split_at, fm = city
     rows = training_rows(frames, fm, split_at).rows
     every = training_rows(frames, fm, split_at, measured_only=False).rows
-    closed_by = split_at - report_delay(frames, split_at)
-    ends = dict(frames.missions.select("mission_id", "ends_at").iter_rows())
-    assert rows.height > 0
-    assert all(ends[m] <= closed_by for m in rows["mission_id"].unique().to_list())
-    left_out = every.filter(~pl.col("mission_id").is_in(rows["mission_id"].unique().implode()))
-    assert left_out.height > 0
-    assert all(ends[m] > closed_by for m in left_out["mission_id"].unique().to_list())
+    measured = measured_missions(frames, split_at).implode()
+    assert rows.height > 0 and rows["mission_id"].is_in(measured).all()
+    left_out = every.filter(~pl.col("mission_id").is_in(measured))
+    assert left_out.height > 0 and rows.height + left_out.height == every.height
     # what is left out is the censored slice: successes reported early, failures not yet
     assert left_out["label"].mean() > rows["label"].mean()
+
+
+def test_heldout_missions_are_measured(city):
+    frames, split_at, _ = city
+    held = heldout_missions(frames, split_at)
+    closed = frames.missions.filter((pl.col("created_at") >= split_at)
+                                    & (pl.col("status") == "closed"))
+    assert held.height > 0
+    # the simulator reports every outcome before its snapshot: every closed mission counts
+    assert held.height == closed.height
+    # a store cut just after the split: its recently ended missions wait for their failures
+    cut = frames.as_of(split_at + timedelta(days=150))  # missions last 40-213 days
+    end = data_end(cut)
+    held_cut = set(heldout_missions(cut, split_at)["mission_id"].to_list())
+    waiting = _waiting(cut, end + timedelta(microseconds=1))
+    ended = set(cut.missions.filter((pl.col("created_at") >= split_at)
+                                    & (pl.col("status") == "closed")
+                                    & (pl.col("ends_at") <= end))["mission_id"].to_list())
+    assert ended & waiting  # some of them are still waiting for a report
+    assert held_cut == ended - waiting
