@@ -98,7 +98,8 @@ from training import (  # noqa: E402
     truth_metrics,
 )
 
-__all__ = ["information_bound", "learning_ceiling", "main", "run_seed", "truth_store"]
+__all__ = ["disjoint_halves", "information_bound", "learning_ceiling", "main", "run_seed",
+           "truth_store"]
 
 # What the issue asks of the engine, and of the simulated community.
 TARGET_OF_ORACLE = 0.85
@@ -301,14 +302,25 @@ def information_bound(frames: graph.CommunityFrames, rows: pl.DataFrame, n_perso
 # ------------------------------------------------------------------------ the learning ceiling
 
 
+def disjoint_halves(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Two parts of the held-out rows that share neither a mission nor a candidate: even
+    missions x even candidates and odd x odd (in id order), about a quarter of the rows
+    each. Group candidates may still share members with persons of the other part."""
+    missions = pl.Series(rows["mission_id"].unique().sort().to_list()[::2]).implode()
+    candidates = pl.Series(rows["candidate_id"].unique().sort().to_list()[::2]).implode()
+    in_m, in_c = pl.col("mission_id").is_in(missions), pl.col("candidate_id").is_in(candidates)
+    return rows.filter(in_m & in_c), rows.filter(~in_m & ~in_c)
+
+
 def learning_ceiling(rows: pl.DataFrame, n_train: int, k: int = 10, seed: int = 0,
                      label_multiples: tuple[int, ...] = CEILING_MULTIPLES) -> dict:
     """How far the engine's features and ranker can get, with the truth as teacher.
 
-    The held-out rows are split in two halves that share neither a mission nor a candidate
-    (A: even missions and even candidates in id order; B: odd and odd), so that trees fitted
-    to the truth cannot learn a person's own skill from their rows in the other half; everything
-    is fitted on A and scored as E@k over B's candidates, over the oracle's on B:
+    The held-out rows are split in two parts that share neither a mission nor a candidate
+    (:func:`disjoint_halves`), so that trees fitted to the truth cannot learn a person's own
+    skill from their rows in the other part; everything is fitted on A and scored as E@k over
+    B's candidates, over the oracle's on B. These are estimates bounded by their own fits
+    (the free trees score below the ranker's shallow ones), not limits:
 
     - ``features_fitted_to_truth``: a free gradient-boosted regressor (300 trees of 31
       leaves) of the true logit ``p`` on the engine's features: what the features hold;
@@ -325,11 +337,7 @@ def learning_ceiling(rows: pl.DataFrame, n_train: int, k: int = 10, seed: int = 
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     names = [f.name for f in FEATURES]
-    missions = pl.Series(rows["mission_id"].unique().sort().to_list()[::2]).implode()
-    candidates = pl.Series(rows["candidate_id"].unique().sort().to_list()[::2]).implode()
-    in_a = pl.col("mission_id").is_in(missions), pl.col("candidate_id").is_in(candidates)
-    a = rows.filter(in_a[0] & in_a[1])
-    b = rows.filter(~in_a[0] & ~in_a[1])
+    a, b = disjoint_halves(rows)
     oracle = truth_metrics(b, "p_success", k)["expected_successes_at_k"]
     xa, xb = a.select(names).to_numpy(), b.select(names).to_numpy()
     p = np.clip(a["p_success"].to_numpy(), 1e-4, 1 - 1e-4)
@@ -530,8 +538,8 @@ def print_seed(r: dict, k: int) -> None:
                   f"{_fmt(m['over_oracle']):>9s} {_fmt(m.get('drop')):>7s}")
     if "learning_ceiling" in r:
         c = r["learning_ceiling"]
-        print(f"learning ceiling (E@{k} over the oracle's, on odd missions x odd candidates of "
-              f"the held-out rows; fitted on even x even):")
+        print(f"learning ceiling, an estimate (E@{k} over the oracle's, on odd missions x odd "
+              f"candidates of the held-out rows; fitted on even x even):")
         print(f"  {'engine (its logged training rows)':44s} {_fmt(c['engine'])}")
         print(f"  {'features, free trees fitted to true p':44s} "
               f"{_fmt(c['features_fitted_to_truth'])}")

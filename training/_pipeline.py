@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -69,22 +69,44 @@ class EngineModel:
         return cls(feature_model=fm, ranker=ranker, split_at=split, info=meta.get("info", {}))
 
 
+# Review statuses after which an outcome is final: a claimed or disputed outcome may still
+# turn out either way, so its assignment's result is not known yet.
+FINAL_OUTCOME_STATUSES = ("verified", "rejected")
+# A mission also counts once this share of assignments would have had their final outcome
+# by then (how long after their mission's end, learnt from the data): so that an outcome
+# that is never reviewed does not hold its mission back for good.
+REPORT_QUANTILE = 0.99
+
+
 def measured_missions(frames: CommunityFrames, at: datetime) -> pl.Series:
-    """Ids of the missions whose measurement was complete at ``at``: ended by then, and every
-    assignment of theirs that was completed had an outcome reported (of any review status)
-    before ``at``.
+    """Ids of the missions whose measurement was complete at ``at``.
+
+    A mission counts once it has ended and either every assignment of it that was completed
+    had a final outcome (verified or rejected) measured before ``at``, or it ended longer
+    ago than ``REPORT_QUANTILE`` of the completed assignments took, after their mission's
+    end, to get their final outcome (measured before ``at``).
 
     A success is often reported during the window (a youth placed, a unit paid) and a
-    failure only after its end: before every completed assignment has reported, a mission's
-    known results overstate its success.
+    failure only after its end: before every completed assignment has a final outcome, a
+    mission's known results overstate its success.
     """
-    reported = frames.outcomes.filter(pl.col("measured_at") < at).select(
-        "assignment_id").unique()
-    waiting = (frames.assignments.filter(pl.col("status") == "completed")
-               .join(reported, on="assignment_id", how="anti")["mission_id"].unique())
-    return frames.missions.filter(
-        (pl.col("ends_at") <= at) & ~pl.col("mission_id").is_in(waiting.implode())
-    )["mission_id"]
+    final = frames.outcomes.filter(
+        (pl.col("measured_at") < at) & pl.col("status").is_in(FINAL_OUTCOME_STATUSES)
+    ).group_by("assignment_id").agg(pl.col("measured_at").max().alias("final_at"))
+    completed = frames.assignments.filter(pl.col("status") == "completed").select(
+        "assignment_id", "mission_id")
+    waiting = completed.join(final, on="assignment_id", how="anti")["mission_id"].unique()
+    lag = (completed.join(final, on="assignment_id", how="inner")
+           .join(frames.missions.select("mission_id", "ends_at"), on="mission_id")
+           .select((pl.col("final_at") - pl.col("ends_at")).dt.total_seconds()
+                   .clip(lower_bound=0))).to_series().drop_nulls()
+    ended = pl.col("ends_at") <= at
+    complete = ~pl.col("mission_id").is_in(waiting.implode())
+    if lag.len():
+        stale = at - timedelta(seconds=float(lag.quantile(REPORT_QUANTILE,
+                                                          interpolation="higher")))
+        complete = complete | (pl.col("ends_at") <= stale)
+    return frames.missions.filter(ended & complete)["mission_id"]
 
 
 def training_rows(frames: CommunityFrames, feature_model: FeatureModel, split_at: datetime,

@@ -58,6 +58,18 @@ def test_learning_ceiling(small_run):
     assert all(0 < v <= 1 + 1e-9 for v in c["ranker_on_sampled_labels"].values())
 
 
+def test_disjoint_halves(bench_synthetic):
+    import polars as pl
+
+    rows = pl.DataFrame({"mission_id": [f"M{i % 7}" for i in range(60)],
+                         "candidate_id": [f"P{i % 11}" for i in range(60)]})
+    a, b = bench_synthetic.disjoint_halves(rows)
+    assert a.height and b.height
+    assert not set(a["mission_id"]) & set(b["mission_id"])
+    assert not set(a["candidate_id"]) & set(b["candidate_id"])
+    assert a.height + b.height < rows.height  # the crossed quarters are left out
+
+
 def test_information_reference_and_summary(bench_synthetic, small_run, capsys):
     b = small_run["information_bound"]
     assert b["rebuilt_truth_max_error"] <= 1e-3
