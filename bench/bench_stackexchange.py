@@ -25,9 +25,8 @@ of the test questions takes part in the choice.
    Every learned part sees only what happened before the stage's split.
 3. **Training rows** (the engine's): answers given before the split whose outcome (accepted
    or not) was verified before it, labelled *accepted*, built by
-   ``matching.build_training_set`` as ``training.training_rows(..., measured_only=False)``
-   does (the engine's default rule, only questions measured completely by the split, is
-   not applied: see ``_training_rows``) (features as of the
+   ``matching.build_training_set`` as ``training.training_rows`` does, on questions whose
+   measurement was complete at the split (``training.measured_missions``) (features as of the
    start of each answer's week; for a person who joined during that week, as of a snapshot at
    the answer itself). The rankers are fit as ``training.fit_engine_model`` fits them
    (``Ranker(estimator, random_state=seed, n_threads=1)``, calibrated on the latest 20 % of
@@ -145,6 +144,7 @@ from training import (  # noqa: E402
     auc,
     bootstrap_ci,
     brier,
+    measured_missions,
     paired_bootstrap,
     ranking_metrics_per_query,
 )
@@ -223,18 +223,12 @@ def _store(source: Path, folder: Path, fit_until: datetime | str) -> tuple:
 
 def _training_rows(frames, model: FeatureModel, split_at: datetime, graph,  # noqa: ANN001
                    since: datetime | None = None) -> TrainingSet:
-    """``training.training_rows`` with ``measured_only=False``; ``since`` keeps only the
-    answers given from then on.
-
-    The engine's rule (``training.measured_missions``: only questions every answer of which
-    had its outcome reported by the split) is not applied here, so that the table stays the
-    one the default was chosen on. Measured with it on 2026-11-26: test rows 899 instead of
-    1,030; hgb test MRR@10 0.103, diff vs most-active +0.073 [0.022, 0.132]; on validation
-    lightgbm edges hgb (0.077 against 0.072) and every engine estimator loses to
-    most-active (-0.11 to -0.19). See docs/benchmarks.md.
-    """
+    """``training.training_rows``: answers given before the split whose outcome was verified
+    before it, on questions whose measurement was complete then
+    (``training.measured_missions``); ``since`` keeps only the answers given from then on."""
     labelled = labelled_assignments(frames, until=split_at).filter(
-        pl.col("assigned_at") < split_at)
+        pl.col("assigned_at") < split_at,
+        pl.col("mission_id").is_in(measured_missions(frames, split_at).implode()))
     if since is not None:
         labelled = labelled.filter(pl.col("assigned_at") >= since)
     return build_training_set(frames, model, labelled, graph=graph)
