@@ -283,7 +283,9 @@ def holdout_id(frames: CommunityFrames, split_at: datetime, *, k: int = 10,
     Two evaluations with the same id scored the same held-out missions against the same
     assignments, verified outcomes and truth, with the same ``k``, after the same amount of
     history: their figures compare. Unrelated writes (a new shortlist on an open mission) leave
-    it unchanged, unlike the store version.
+    it unchanged, unlike the store version. Newer data can add held-out missions, as each
+    counts only once its measurement is complete as of the store's latest data
+    (:func:`~training.heldout_missions`).
     """
     held = heldout_missions(frames, split_at)
     if max_missions is not None:
