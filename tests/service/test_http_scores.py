@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 from support.api import KEYS, Api
+from support.simulated import simulated_frames
 
 from features import FEATURE_NAMES
 from graph import (
@@ -27,8 +28,6 @@ from graph import (
     import_bundle,
     load_frames,
     open_store,
-    simulate_bundle,
-    sqlite_url,
 )
 from matching import MatchingEngine, PriorRanker
 from service.app import create_app
@@ -53,11 +52,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("http-scores")
     # seed 1: a calibration slice where the model ranks, so the scores spread (with seed 0
     # Platt's slope sits at its bound and every score is within 1e-6 of the base rate)
-    simulate_bundle(root / "bundle", 300, 120, seed=1)
-    store = open_store(sqlite_url(root / "fit.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    frames = load_frames(store)
-    store.dispose()
+    frames, _ = simulated_frames(root, 300, 120, seed=1, db="fit.db")
     model = fit_engine_model(frames, default_split_at(frames, holdout_share=0.3))
     assert not isinstance(model.ranker, PriorRanker), model.info
     return root / "bundle", model

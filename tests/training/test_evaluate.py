@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from support.simulated import simulated_frames
 
-from graph import import_bundle, load_frames, load_truth, open_store, simulate_bundle, sqlite_url
 from matching import PriorRanker, Ranker
 from training import (
     BASELINES,
@@ -31,12 +31,8 @@ RANKINGS = ("engine", "oracle", *BASELINES)
 
 @pytest.fixture(scope="module")
 def community(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    simulate_bundle(root / "bundle", 1200, 300, seed=0, fmt="parquet")
-    store = open_store(sqlite_url(root / "store.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    frames, truth = load_frames(store), load_truth(store)
-    store.dispose()
+    frames, truth = simulated_frames(tmp_path_factory.mktemp("synthetic"), 1200, 300, seed=0,
+                                     fmt="parquet")
     split_at = default_split(frames)
     model = fit_engine_model(frames, split_at)
     assert isinstance(model.ranker, Ranker), model.info  # a learned ranker, not the prior

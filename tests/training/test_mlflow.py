@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from support.simulated import simulated_frames
 
 import training
 from features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureModel
-from graph import import_bundle, load_frames, load_truth, open_store, simulate_bundle, sqlite_url
+from graph import sqlite_url
 from matching import PriorRanker, build_training_set, labelled_assignments
 from matching._ranker import PRIOR_WEIGHTS
 from training import _mlflow as M
@@ -53,11 +54,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def community(tmp_path_factory):
     root = tmp_path_factory.mktemp("community")
-    simulate_bundle(root / "bundle", 300, 120, seed=0)
-    store = open_store(sqlite_url(root / "store.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    frames, truth = load_frames(store), load_truth(store)
-    store.dispose()
+    frames, truth = simulated_frames(root, 300, 120, seed=0)
     split_at = M.default_split_at(frames, holdout_share=0.3)
     model = fit_engine_model(frames, split_at)
     assert not isinstance(model.ranker, PriorRanker), model.info  # a real trained ranker

@@ -11,21 +11,16 @@ from datetime import timedelta
 
 import polars as pl
 import pytest
+from support.simulated import simulated_frames
 
 from features import FeatureModel
-from graph import import_bundle, load_frames, open_store, simulate_bundle, sqlite_url
 from training import default_split, measured_missions, training_rows
 from training._evaluate import data_end, heldout_missions
 
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rows")
-    simulate_bundle(root / "bundle", 1200, 400, seed=3)
-    store = open_store(sqlite_url(root / "store.db"))
-    import_bundle(store, root / "bundle", show_progress=False)
-    frames = load_frames(store)
-    store.dispose()
+    frames, _ = simulated_frames(tmp_path_factory.mktemp("rows"), 1200, 400, seed=3)
     split_at = default_split(frames)
     return frames, split_at, FeatureModel(seed=0).fit(frames, split_at)
 
