@@ -6,16 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from support.matching_fixtures import simulated
+from support.matching_fixtures import simulated_fixture
 
 from graph import NotFoundError
 
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    s = simulated(tmp_path_factory.mktemp("warm_up"), n_persons=300, n_missions=80, seed=5)
-    yield s
-    s.store.dispose()
+sim = simulated_fixture("warm_up", n_persons=300, n_missions=80, seed=5)
 
 
 def _graph(engine):

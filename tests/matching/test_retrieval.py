@@ -7,21 +7,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from support.matching_fixtures import candidate_set, simulated
+from support.matching_fixtures import candidate_set, simulated_fixture
 
 import matching
 
 TOP = 10
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    # 2,000 persons: most missions without a tight radius have more eligible persons than
-    # the pool retrieval keeps (300), so the cut is really made.
-    s = simulated(tmp_path_factory.mktemp("retrieval"), n_persons=2000, n_missions=250,
-                  seed=31)
-    yield s
-    s.store.dispose()
+# 2,000 persons: most missions without a tight radius have more eligible persons than the pool
+# retrieval keeps (300), so the cut is really made.
+sim = simulated_fixture("retrieval", n_persons=2000, n_missions=250, seed=31)
 
 
 @pytest.fixture(scope="module")

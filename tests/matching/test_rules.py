@@ -23,7 +23,7 @@ from support.matching_fixtures import (
     eligible_set,
     engine_of,
     mission_row,
-    simulated,
+    simulated_fixture,
 )
 
 from features import FEATURE_NAMES
@@ -500,11 +500,7 @@ def assert_pool_restricted(engine: MatchingEngine, rules: MissionRules, exclude:
     assert by_id.person_idx.size == 0
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    s = simulated(tmp_path_factory.mktemp("rules"), n_persons=600, n_missions=150, seed=5)
-    yield s
-    s.store.dispose()
+sim = simulated_fixture("rules", n_persons=600, n_missions=150, seed=5)
 
 
 def test_checking_a_pool_gives_the_whole_communitys_answer_about_it(sim):

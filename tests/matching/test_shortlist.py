@@ -13,7 +13,7 @@ from support.matching_fixtures import (
     TableRanker,
     community_from_frames,
     newcomer_ids,
-    simulated,
+    simulated_fixture,
     strong_components,
 )
 
@@ -25,11 +25,7 @@ SPECIAL_REASONS = {f.reason for f in FEATURES if f.special_category and f.reason
 ALL_REASONS = {f.reason for f in FEATURES if f.reason}
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    s = simulated(tmp_path_factory.mktemp("shortlist"), n_persons=600, n_missions=200, seed=21)
-    yield s
-    s.store.dispose()
+sim = simulated_fixture("shortlist", n_persons=600, n_missions=200, seed=21)
 
 
 @pytest.fixture(scope="module")

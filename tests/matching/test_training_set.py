@@ -10,7 +10,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pytest
-from support.matching_fixtures import Community, d, simulated
+from support.matching_fixtures import Community, d, simulated_fixture
 
 import features
 import graph
@@ -21,11 +21,7 @@ from matching import build_training_set, labelled_assignments, snapshot_time
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    s = simulated(tmp_path_factory.mktemp("training"), n_persons=600, n_missions=200, seed=41)
-    yield s
-    s.store.dispose()
+sim = simulated_fixture("training", n_persons=600, n_missions=200, seed=41)
 
 
 @pytest.fixture(scope="module")

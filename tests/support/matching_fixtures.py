@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pytest
 
 import features
 import graph
 import matching
 from graph._simulate import SNAPSHOT
 from matching import BaseRanker
+from support.simulated import simulated_store
 
 DAY = timedelta(days=1)
 
@@ -371,10 +373,7 @@ def simulated(folder: Path, n_persons: int, n_missions: int, seed: int,
               cut_share: float = 0.7) -> Simulated:
     """Simulate, import into a SQLite store under ``folder`` and fit the feature model at the
     creation time of the mission at ``cut_share`` of the missions (by creation time)."""
-    graph.simulate_bundle(folder / "bundle", n_persons=n_persons, n_missions=n_missions,
-                          seed=seed)
-    store = graph.open_store(graph.sqlite_url(folder / "store.db"))
-    graph.import_bundle(store, folder / "bundle", show_progress=False)
+    store = simulated_store(folder, n_persons, n_missions, seed)
     frames = graph.load_frames(store)
     missions = frames.missions.sort("created_at", "mission_id")
     cut = missions["created_at"][int(cut_share * missions.height)]
@@ -383,6 +382,18 @@ def simulated(folder: Path, n_persons: int, n_missions: int, seed: int,
     return Simulated(store=store, frames=frames, cut=cut, feature_model=fm,
                      graph=graph.community_graph_from_frames(frames),
                      held_out=list(held.iter_rows(named=True)))
+
+
+def simulated_fixture(folder: str, *, name: str = "sim", **kwargs: Any) -> Any:
+    """A module-scoped fixture ``name`` yielding :func:`simulated` (``kwargs``) in a fresh
+    ``folder``, its store disposed of after the module."""
+    @pytest.fixture(scope="module", name=name)
+    def _fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulated]:
+        s = simulated(tmp_path_factory.mktemp(folder), **kwargs)
+        yield s
+        s.store.dispose()
+
+    return _fixture
 
 
 # --------------------------------------------------------------------------- list checks

@@ -1,5 +1,4 @@
-"""A simulated community, imported into a SQLite store and read back: the start of many
-module fixtures."""
+"""A simulated community, imported into a SQLite store: the start of many module fixtures."""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ import polars as pl
 
 from graph import (
     CommunityFrames,
+    Store,
     import_bundle,
     load_frames,
     load_truth,
@@ -18,15 +18,23 @@ from graph import (
 )
 
 
+def simulated_store(folder: Path, persons: int, missions: int, seed: int, *,
+                    fmt: str = "csv", db: str = "store.db") -> Store:
+    """Simulate a bundle into ``folder / "bundle"`` and import it into ``folder / db``;
+    returns the open store (the caller disposes of it)."""
+    simulate_bundle(folder / "bundle", persons, missions, seed=seed, fmt=fmt)
+    store = open_store(sqlite_url(folder / db))
+    import_bundle(store, folder / "bundle", show_progress=False)
+    return store
+
+
 def simulated_frames(folder: Path, persons: int, missions: int, seed: int, *,
                      fmt: str = "csv", db: str = "store.db"
                      ) -> tuple[CommunityFrames, pl.DataFrame]:
-    """Simulate a bundle into ``folder / "bundle"``, import it into ``folder / db`` and return
-    the store's frames and its truth; the bundle and the store stay in ``folder``."""
-    simulate_bundle(folder / "bundle", persons, missions, seed=seed, fmt=fmt)
-    store = open_store(sqlite_url(folder / db))
+    """:func:`simulated_store`, read back: the store's frames and its truth (the bundle and
+    the store stay in ``folder``)."""
+    store = simulated_store(folder, persons, missions, seed, fmt=fmt, db=db)
     try:
-        import_bundle(store, folder / "bundle", show_progress=False)
         return load_frames(store), load_truth(store)
     finally:
         store.dispose()
